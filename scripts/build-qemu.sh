@@ -1,0 +1,51 @@
+#!/bin/bash
+# Configure (once) and build build/qemu for what the project needs:
+# x86_64-softmmu with TCG, slirp, gnutls and the qtests, nothing else.
+# Firmware comes from Debian's seabios and ipxe-qemu packages, linked into
+# the build's qemu-bundle so that the built binary finds bios-256k.bin.
+#
+# BUILD_DIR (default build/qemu/build) and EXTRA_CONFIGURE let the
+# sanitizer build share this script.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+BUILD_DIR=${BUILD_DIR:-$TREE/build}
+TARGETS=(qemu-system-x86_64 tests/qtest/migration-test tests/qtest/qmp-test)
+
+[ -d "$TREE/.git" ] || { echo "build: no work tree; run make tree" >&2; exit 1; }
+mkdir -p "$BUILD_DIR"
+cd "$BUILD_DIR"
+
+if [ ! -f build.ninja ]; then
+    echo "build: configuring $BUILD_DIR"
+    # Debian's meson with Debian's python: not a python from PATH.
+    PATH=/usr/bin:$PATH "$TREE/configure" \
+        --target-list=x86_64-softmmu \
+        --without-default-features \
+        --enable-system --disable-user --enable-tcg \
+        --enable-slirp --enable-gnutls --enable-fdt=system \
+        --disable-docs --meson=meson --with-git-submodules=ignore \
+        ${EXTRA_CONFIGURE:-} > configure.log 2>&1 || {
+        tail -30 configure.log >&2
+        echo "build: configure failed (log: $BUILD_DIR/configure.log)" >&2
+        exit 1
+    }
+fi
+
+echo "build: ninja ${TARGETS[*]}"
+# One line of progress every 100 steps, not thousands of lines.
+PATH=/usr/bin:$PATH ninja -j"$(nproc)" "${TARGETS[@]}" 2>&1 |
+    awk '/^\[[0-9]+\/[0-9]+\]/ { split($1, a, /[\[\/\]]/);
+                                  if (a[2] % 100 == 0 || a[2] == a[3])
+                                      print "build: " $1; next }
+         { print }'
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "build: ninja failed" >&2; exit 1; }
+
+bundle=$BUILD_DIR/qemu-bundle/usr/local/share/qemu
+mkdir -p "$bundle"
+for f in /usr/share/seabios/*.bin /usr/lib/ipxe/qemu/*.rom; do
+    [ -e "$f" ] && ln -sf "$f" "$bundle/"
+done
+[ -e "$bundle/bios-256k.bin" ] ||
+    { echo "build: bios-256k.bin missing (install seabios)" >&2; exit 1; }
+echo "build: done ($BUILD_DIR/qemu-system-x86_64)"

@@ -1,0 +1,42 @@
+#!/bin/bash
+# Install the Debian packages the project needs (build, tests, demo).
+# With "check" as argument, only report whether anything is missing.
+set -euo pipefail
+
+PACKAGES=(
+    # fetching and unpacking the Debian source package
+    dpkg-dev xz-utils ca-certificates
+    # building QEMU
+    gcc make ninja-build meson pkg-config python3 python3-venv flex bison
+    libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libslirp-dev
+    libgnutls28-dev ccache git perl
+    # firmware for the built binary
+    seabios ipxe-qemu
+    # demo and network tests
+    socat iproute2 nftables procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+         grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ "${1:-}" = check ]; then
+    [ ${#missing[@]} -eq 0 ]
+    exit
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "deps: all Debian packages present"
+    exit 0
+fi
+
+echo "deps: installing ${missing[*]}"
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"

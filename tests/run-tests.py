@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Run the project's tests and print one summary line.
+
+Runs every test binary (TAP output, GLib test framework) and every test
+script listed in SUITES, each with a time limit.  Prints each result, the
+skipped tests by name with their reason, and ends with the line
+
+    N passed, N failed, N skipped
+
+Exits non-zero if anything failed, timed out or could not run.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(TOP, "build", "qemu", "build")
+QEMU = os.path.join(BUILD, "qemu-system-x86_64")
+
+# name, command, time limit in seconds
+SUITES = [
+    ("migration-test",
+     [os.path.join(BUILD, "tests/qtest/migration-test"), "--tap", "-k"],
+     2400),
+    ("qmp-test",
+     [os.path.join(BUILD, "tests/qtest/qmp-test"), "--tap", "-k"],
+     300),
+]
+
+TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")
+
+
+def run_suite(name, cmd, limit, verbose, only):
+    env = dict(os.environ, QTEST_QEMU_BINARY=QEMU)
+    if only:
+        cmd = cmd + ["-p", only]
+    results = []
+    log_path = os.path.join(TOP, "build", "test-logs", name + ".log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    start = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env,
+                                text=True, errors="replace",
+                                start_new_session=True)
+        timed_out = False
+        try:
+            deadline = start + limit
+            for line in proc.stdout:
+                log.write(line)
+                if verbose:
+                    sys.stdout.write("    " + line)
+                m = TAP_RE.match(line)
+                if m:
+                    status, path, directive, reason = m.groups()
+                    if directive == "SKIP":
+                        results.append(("skip", path, reason.strip()))
+                        print(f"  SKIP {path}: {reason.strip()}", flush=True)
+                    else:
+                        res = "pass" if status == "ok" else "fail"
+                        results.append((res, path, ""))
+                        print(f"  {res.upper()} {path}", flush=True)
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+        finally:
+            if timed_out:
+                os.killpg(proc.pid, 9)
+            try:
+                rc = proc.wait(timeout=max(1, start + limit -
+                                           time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                rc = proc.wait()
+                timed_out = True
+    took = time.monotonic() - start
+    if timed_out:
+        results.append(("fail", name, ""))
+        print(f"  FAIL {name}: timed out after {limit}s (log {log_path})")
+    elif rc != 0 and not any(r[0] == "fail" for r in results):
+        # A crash or abort outside a reported test case still fails.
+        results.append(("fail", name, ""))
+        print(f"  FAIL {name}: exit status {rc} (log {log_path})")
+    elif not results:
+        results.append(("fail", name, ""))
+        print(f"  FAIL {name}: ran no test (log {log_path})")
+    print(f"  {name}: {took:.0f}s", flush=True)
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show the output of every test")
+    ap.add_argument("-s", "--suite", action="append",
+                    help="run only this suite (repeatable)")
+    ap.add_argument("-p", "--path",
+                    help="run only this GLib test path (with --suite)")
+    args = ap.parse_args()
+
+    if not os.access(QEMU, os.X_OK):
+        print(f"run-tests: {QEMU} is not built; run make build",
+              file=sys.stderr)
+        return 2
+
+    results = []
+    for name, cmd, limit in SUITES:
+        if args.suite and name not in args.suite:
+            continue
+        print(f"== {name}", flush=True)
+        results += run_suite(name, cmd, limit, args.verbose, args.path)
+
+    passed = sum(1 for r in results if r[0] == "pass")
+    failed = [r for r in results if r[0] == "fail"]
+    skipped = [r for r in results if r[0] == "skip"]
+    if skipped:
+        print("skipped:")
+        for _, path, reason in skipped:
+            print(f"  {path}: {reason}")
+    if failed:
+        print("failed:")
+        for _, path, _ in failed:
+            print(f"  {path}")
+    print(f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
