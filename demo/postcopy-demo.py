@@ -182,7 +182,7 @@ class Vm:
                             f"after {QMP_TIMEOUT}s") from None
 
     async def hmp(self, line):
-        out = await self.cmd("human-monitor-command", command_line=line)
+        out = await self.cmd("human-monitor-command", **{"command-line": line})
         return out.strip()
 
     async def _set_state(self, state):
