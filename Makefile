@@ -9,7 +9,8 @@
 #   make export   export baseline..HEAD of build/qemu to patches/
 #   make verify   check that the series applies to a fresh base and is
 #                 checkpatch clean
-#   make interop  build the reference (unmodified Debian 7.2) QEMU
+#   make reference  build the reference (unmodified Debian 7.2) QEMU for
+#                   the interop tests
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -18,7 +19,7 @@ BIN := $(TREE)/build/qemu-system-x86_64
 MIGTEST := $(TREE)/build/tests/qtest/migration-test
 DEPS_STAMP := build/.deps-ok
 
-.PHONY: all deps tree build export demo check verify interop clean
+.PHONY: all deps tree build export demo check verify reference clean
 
 all: build
 
@@ -46,7 +47,10 @@ export:
 demo: build
 	@python3 demo/postcopy-demo.py --qemu $(BIN)
 
-check: build
+reference: $(DEPS_STAMP)
+	@scripts/build-reference.sh
+
+check: build reference
 	@tests/run-tests.sh
 
 verify: $(DEPS_STAMP)

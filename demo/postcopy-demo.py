@@ -24,7 +24,6 @@ page by page.
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
@@ -32,227 +31,11 @@ import sys
 import tempfile
 import time
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREE = os.path.join(TOP, "build", "qemu")
-sys.path.insert(0, os.path.join(TREE, "python"))
-
-from qemu.qmp import QMPClient, ExecuteError  # noqa: E402
-
-# The a-b boot block writes the first byte of every page of this range
-# (tests/migration/i386/a-b-bootblock.S).
-MEM_START = 1 << 20
-MEM_END = 100 << 20
-PAGE = 4096
-
-QMP_TIMEOUT = 10.0       # every QMP command
-STATE_TIMEOUT = 120.0    # every wait for a migration state
-
-
-class DemoError(Exception):
-    pass
-
-
-class Timeline:
-    """Timestamped, human-readable record of what happened."""
-
-    def __init__(self):
-        self.t0 = time.monotonic()
-        self.marks = {}
-
-    def now(self):
-        return time.monotonic() - self.t0
-
-    def log(self, who, what):
-        print(f"  [{self.now():7.2f}s] {who:<6} {what}", flush=True)
-
-    def mark(self, key):
-        self.marks[key] = self.now()
-        return self.marks[key]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def is_listening(port):
-    """Whether a TCP socket listens on @port (without connecting to it)."""
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
-                return True
-    return False
-
-
-def write_bootsect(path):
-    """Extract the boot sector bytes from QEMU's a-b-bootblock.h."""
-    hdr = os.path.join(TREE, "tests/migration/i386/a-b-bootblock.h")
-    with open(hdr) as f:
-        text = f.read()
-    body = text[text.index("{") + 1:text.index("}")]
-    data = bytes(int(x, 16) for x in re.findall(r"0x[0-9a-fA-F]+", body))
-    if len(data) != 512:
-        raise DemoError(f"{hdr}: expected a 512 byte boot sector")
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def check_guest_memory(path):
-    """Check the a-b pattern on a dump of MEM_START..MEM_END.
-
-    The guest increments the first byte of each page in order, round and
-    round.  With the guest stopped, every page holds the same value as the
-    previous one, except at the one place where the incrementer stopped,
-    where the previous page is one ahead.  A page lost or corrupted in
-    migration breaks this.  Returns (pages checked, list of bad pages).
-    """
-    with open(path, "rb") as f:
-        mem = f.read()
-    if len(mem) != MEM_END - MEM_START:
-        raise DemoError(f"memory dump has {len(mem)} bytes")
-    bad = []
-    edge_seen = False
-    last = mem[0]
-    pages = len(mem) // PAGE
-    for i in range(1, pages):
-        b = mem[i * PAGE]
-        if b != last:
-            if (b + 1) % 256 == last and not edge_seen:
-                edge_seen = True
-            else:
-                bad.append((MEM_START + i * PAGE, last, b))
-        last = b
-    return pages, bad
-
-
-class Vm:
-    """One QEMU process with a QMP monitor."""
-
-    def __init__(self, name, qemu, workdir, timeline, extra):
-        self.name = name
-        self.qemu = qemu
-        self.workdir = workdir
-        self.tl = timeline
-        self.extra = extra
-        self.qmp_path = os.path.join(workdir, name + ".qmp")
-        self.serial = os.path.join(workdir, name + ".serial")
-        self.log_path = os.path.join(workdir, name + ".log")
-        self.proc = None
-        self.qmp = QMPClient(name)
-        self.state = "none"
-        self.history = []            # (time, state)
-        self.changed = asyncio.Condition()
-        self.exited = None
-        self._tasks = []
-
-    async def start(self, bootsect):
-        args = [self.qemu, "-name", self.name, "-machine", "pc",
-                "-accel", "tcg", "-m", "150M", "-display", "none",
-                "-nodefaults", "-serial", "file:" + self.serial,
-                "-drive", f"file={bootsect},format=raw,if=ide",
-                "-chardev",
-                f"socket,id=qmp,path={self.qmp_path},server=on,wait=off",
-                "-mon", "chardev=qmp,mode=control"] + self.extra
-        self.log = open(self.log_path, "w")
-        self.proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=self.log,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        self._tasks.append(asyncio.create_task(self._watch_exit()))
-        deadline = time.monotonic() + QMP_TIMEOUT
-        while not os.path.exists(self.qmp_path):
-            if self.proc.returncode is not None:
-                raise DemoError(f"{self.name}: QEMU exited at start; "
-                                f"see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"{self.name}: no QMP socket")
-            await asyncio.sleep(0.02)
-        await asyncio.wait_for(self.qmp.connect(self.qmp_path), QMP_TIMEOUT)
-        self._tasks.append(asyncio.create_task(self._watch_events()))
-        await self.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": "events", "state": True}])
-
-    async def cmd(self, name, oob=False, **args):
-        try:
-            return await asyncio.wait_for(
-                self.qmp.execute(name, args or None, oob=oob), QMP_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise DemoError(f"{self.name}: QMP '{name}' timed out "
-                            f"after {QMP_TIMEOUT}s") from None
-
-    async def hmp(self, line):
-        out = await self.cmd("human-monitor-command", **{"command-line": line})
-        return out.strip()
-
-    async def _set_state(self, state):
-        async with self.changed:
-            if state != self.state:
-                self.state = state
-                self.history.append((self.tl.now(), state))
-                self.tl.log(self.name, state)
-            self.changed.notify_all()
-
-    async def _watch_events(self):
-        with self.qmp.listener("MIGRATION") as listener:
-            async for event in listener:
-                await self._set_state(event["data"]["status"])
-
-    async def _watch_exit(self):
-        rc = await self.proc.wait()
-        self.exited = rc
-        await self._set_state(f"QEMU exited (status {rc})")
-
-    async def wait_state(self, states, timeout=STATE_TIMEOUT):
-        """Wait until the state is one of @states (or QEMU exited)."""
-        async def reached():
-            async with self.changed:
-                await self.changed.wait_for(
-                    lambda: self.state in states or self.exited is not None)
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except asyncio.TimeoutError:
-            raise DemoError(f"{self.name}: still '{self.state}' after "
-                            f"{timeout}s, waiting for {states}") from None
-        return self.state
-
-    def paused_time(self):
-        """Seconds spent in postcopy-paused/postcopy-recover, in total."""
-        total, since = 0.0, None
-        for t, st in self.history:
-            if st == "postcopy-paused" and since is None:
-                since = t
-            elif st not in ("postcopy-paused", "postcopy-recover") and \
-                    since is not None:
-                total += t - since
-                since = None
-        return total
-
-    async def stop(self):
-        for t in self._tasks:
-            t.cancel()
-        try:
-            await asyncio.wait_for(self.qmp.disconnect(), 2)
-        except Exception:
-            pass
-        if self.proc and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self.proc:
-            self.log.close()
-
-
-async def wait_serial(path, timeout=30.0):
-    """Wait until the guest printed something (it runs)."""
-    deadline = time.monotonic() + timeout
-    while not (os.path.exists(path) and os.path.getsize(path) > 0):
-        if time.monotonic() > deadline:
-            raise DemoError(f"guest printed nothing to {path}")
-        await asyncio.sleep(0.05)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from postcopy_harness import (  # noqa: E402
+    TREE, MEM_START, MEM_END, QMP_TIMEOUT, STATE_TIMEOUT, DemoError, Timeline,
+    Vm, ExecuteError, check_guest_memory, free_port, is_listening,
+    wait_serial, write_bootsect)
 
 
 async def run(args):
@@ -338,6 +121,11 @@ async def run(args):
 
         tl.log("demo", "both sides paused: the guest waits on missing "
                "pages, nothing is lost")
+        # Stay paused for a while, as a real outage would, and look at
+        # the guest meanwhile.
+        await asyncio.sleep(args.pause_for)
+        st = await dst.cmd("query-status")
+        tl.log("dest", f"guest run state while paused: {st['status']}")
         await src.cmd("migrate-set-parameters",
                       **{"max-postcopy-bandwidth": 0})
         t_resume = tl.mark("resume")
@@ -400,6 +188,8 @@ def main():
                     "(bytes/s)")
     ap.add_argument("--fail-after", type=float, default=1.0,
                     help="seconds of postcopy before the bridge is killed")
+    ap.add_argument("--pause-for", type=float, default=2.0,
+                    help="seconds to stay paused before resuming")
     ap.add_argument("--expect", choices=["recovered", "lost"],
                     help="exit non-zero unless this is the outcome")
     ap.add_argument("--keep", action="store_true",

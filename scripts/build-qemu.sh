@@ -4,15 +4,19 @@
 # Firmware comes from Debian's seabios and ipxe-qemu packages, linked into
 # the build's qemu-bundle so that the built binary finds bios-256k.bin.
 #
-# BUILD_DIR (default build/qemu/build) and EXTRA_CONFIGURE let the
-# sanitizer build share this script.
+# TREE (default build/qemu), BUILD_DIR (default $TREE/build), TARGETS and
+# EXTRA_CONFIGURE let the reference and sanitizer builds share this script.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 BUILD_DIR=${BUILD_DIR:-$TREE/build}
-TARGETS=(qemu-system-x86_64 tests/qtest/migration-test tests/qtest/qmp-test)
+read -r -a TARGETS <<< "${TARGETS:-qemu-system-x86_64 tests/qtest/migration-test tests/qtest/qmp-test}"
 
-[ -d "$TREE/.git" ] || { echo "build: no work tree; run make tree" >&2; exit 1; }
+[ -f "$TREE/configure" ] || { echo "build: no tree in $TREE; run make tree" >&2; exit 1; }
+
+# Share compiled objects between the work tree and the reference build:
+# relative paths in the hash, not the build directory.
+export CCACHE_BASEDIR=$top/build CCACHE_NOHASHDIR=1
 mkdir -p "$BUILD_DIR"
 cd "$BUILD_DIR"
 

@@ -29,6 +29,9 @@ SUITES = [
     ("qmp-test",
      [os.path.join(BUILD, "tests/qtest/qmp-test"), "--tap", "-k"],
      300),
+    ("interop-test",
+     [sys.executable, os.path.join(TOP, "tests/interop-test.py")],
+     600),
 ]
 
 TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Postcopy recovery between our QEMU and an unmodified Debian QEMU 7.2.
+
+For each direction (ours to reference, reference to ours) and each mode
+(plain postcopy, postcopy-preempt): migrate through a TCP proxy, break the
+link in the middle of postcopy, check that both sides pause, resume with
+QMP migrate resume=true, check that both sides are active again, let the
+migration complete, and check the guest memory on the destination page by
+page.  Prints TAP.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "demo"))
+from postcopy_harness import (  # noqa: E402
+    MEM_END, MEM_START, QMP_TIMEOUT, DemoError, ExecuteError, Timeline, Vm,
+    check_guest_memory, free_port, wait_serial, write_bootsect)
+
+OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
+REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
+
+
+class Proxy:
+    """Forward 127.0.0.1:port to 127.0.0.1:target; break links on demand."""
+
+    def __init__(self, target):
+        self.target = target
+        self.links = []
+        self.server = None
+        self.port = None
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader, writer):
+        try:
+            treader, twriter = await asyncio.open_connection("127.0.0.1",
+                                                             self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.links.append((writer, twriter))
+        await asyncio.gather(self._pump(reader, twriter),
+                             self._pump(treader, writer))
+
+    @staticmethod
+    async def _pump(reader, writer):
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def break_links(self):
+        """Reset every forwarded connection (RST to both peers)."""
+        for a, b in self.links:
+            a.transport.abort()
+            b.transport.abort()
+        self.links = []
+
+    async def close(self):
+        self.break_links()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def states(vms, goal, bad=("failed", "completed")):
+    for vm in vms:
+        st = await vm.wait_state([goal] + list(bad))
+        if st != goal:
+            raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
+
+
+async def one_case(src_bin, dst_bin, preempt, verbose):
+    tl = Timeline()
+    if not verbose:
+        tl.log = lambda who, what: None
+    work = tempfile.mkdtemp(prefix="postcopy-interop-")
+    bootsect = os.path.join(work, "bootsect")
+    write_bootsect(bootsect)
+    dport = free_port()
+    dst = Vm("dest", dst_bin, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source", src_bin, work, tl, [])
+    proxy = Proxy(dport)
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+        caps = [{"capability": "postcopy-ram", "state": True}]
+        if preempt:
+            caps.append({"capability": "postcopy-preempt", "state": True})
+        for vm in (src, dst):
+            await vm.cmd("migrate-set-capabilities", capabilities=caps)
+        await src.cmd("migrate-set-parameters",
+                      **{"max-postcopy-bandwidth": 1 << 20})
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await src.cmd("migrate", uri=uri)
+        await src.wait_state(["active"])
+        for _ in range(int(60 / 0.1)):
+            info = await src.cmd("query-migrate")
+            if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise DemoError("precopy made no full pass")
+        await src.cmd("migrate-start-postcopy")
+        await states((src, dst), "postcopy-active")
+
+        proxy.break_links()
+        await states((src, dst), "postcopy-paused")
+
+        await src.cmd("migrate", uri=uri, resume=True)
+        await states((src, dst), "postcopy-active",
+                     bad=("failed", "postcopy-paused"))
+        await src.cmd("migrate-set-parameters",
+                      **{"max-postcopy-bandwidth": 0})
+        await states((src, dst), "completed", bad=("failed",))
+
+        await dst.cmd("stop")
+        dump = os.path.join(work, "dest-memory")
+        await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                      filename=dump)
+        pages, bad = check_guest_memory(dump)
+        if bad:
+            raise DemoError(f"{len(bad)} of {pages} pages wrong, first at "
+                            f"0x{bad[0][0]:x}")
+        return f"{pages} pages verified"
+    finally:
+        await proxy.close()
+        for vm in (src, dst):
+            await vm.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ours", default=OURS)
+    ap.add_argument("--ref", default=REF)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    cases = []
+    for mode in ("plain", "preempt"):
+        cases.append((f"/interop/ours-to-ref/{mode}", args.ours, args.ref,
+                      mode == "preempt"))
+        cases.append((f"/interop/ref-to-ours/{mode}", args.ref, args.ours,
+                      mode == "preempt"))
+    print(f"1..{len(cases)}")
+    failed = 0
+    for i, (name, src, dst, preempt) in enumerate(cases, 1):
+        if not os.access(args.ref, os.X_OK):
+            print(f"not ok {i} {name} # reference QEMU missing: {args.ref}")
+            failed += 1
+            continue
+        try:
+            what = asyncio.run(one_case(src, dst, preempt, args.verbose))
+            print(f"ok {i} {name} # {what}", flush=True)
+        except (DemoError, ExecuteError, OSError) as e:
+            print(f"not ok {i} {name} # {e}", flush=True)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
