@@ -95,6 +95,8 @@ async def run(args):
         tl.log("demo", "migrate-start-postcopy")
         await src.wait_state(["postcopy-active"])
         await dst.wait_state(["postcopy-active"])
+        await dst.wait_running()
+        tl.log("dest", "the guest runs here now")
         await asyncio.sleep(args.fail_after)
 
         tl.log("bridge", "killed (SIGKILL): the link is down")

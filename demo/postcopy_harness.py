@@ -197,6 +197,14 @@ class Vm:
                             f"{timeout}s, waiting for {states}") from None
         return self.state
 
+    async def wait_running(self, timeout=STATE_TIMEOUT):
+        """Wait until the guest runs here (query-status)."""
+        deadline = time.monotonic() + timeout
+        while (await self.cmd("query-status"))["status"] != "running":
+            if time.monotonic() > deadline:
+                raise DemoError(f"{self.name}: the guest does not run")
+            await asyncio.sleep(0.05)
+
     def paused_time(self):
         """Seconds spent in postcopy-paused/postcopy-recover, in total."""
         total, since = 0.0, None
