@@ -44,8 +44,11 @@ build: $(DEPS_STAMP) $(TREE)/.git
 export:
 	@scripts/export-series.sh
 
+# With the series the demo must recover; DEMO_ARGS= to just watch.
+DEMO_ARGS ?= --expect recovered
+
 demo: build
-	@python3 demo/postcopy-demo.py --qemu $(BIN)
+	@/usr/bin/python3 demo/postcopy-demo.py --qemu $(BIN) $(DEMO_ARGS)
 
 reference: $(DEPS_STAMP)
 	@scripts/build-reference.sh

@@ -146,12 +146,12 @@ async def run(args):
                       filename=dump)
         pages, bad = check_guest_memory(dump)
         print()
-        print(f"Paused: source {src.paused_time():.2f}s, "
-              f"destination {dst.paused_time():.2f}s; link failure to "
+        print(f"Paused: source {src.paused_time():.3f}s, "
+              f"destination {dst.paused_time():.3f}s; link failure to "
               f"pause detected on the source in "
-              f"{pause_delay(src, t_fail):.2f}s")
+              f"{pause_delay(src, t_fail):.3f}s")
         print(f"Recovery: 'migrate -r' to postcopy-active took "
-              f"{t_active - t_resume:.2f}s")
+              f"{t_active - t_resume:.3f}s")
         if bad:
             for addr, prev, b in bad[:10]:
                 print(f"  bad page at 0x{addr:x}: {b} after {prev}")
