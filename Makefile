@@ -9,6 +9,7 @@
 #   make export   export baseline..HEAD of build/qemu to patches/
 #   make verify   check that the series applies to a fresh base and is
 #                 checkpatch clean
+#   make asan     ASan+UBSan build of build/qemu, postcopy tests on it
 #   make reference  build the reference (unmodified Debian 7.2) QEMU for
 #                   the interop tests
 
@@ -19,7 +20,7 @@ BIN := $(TREE)/build/qemu-system-x86_64
 MIGTEST := $(TREE)/build/tests/qtest/migration-test
 DEPS_STAMP := build/.deps-ok
 
-.PHONY: all deps tree build export demo check verify reference clean
+.PHONY: all deps tree build export demo check verify reference asan clean
 
 all: build
 
@@ -55,6 +56,17 @@ reference: $(DEPS_STAMP)
 
 check: build reference
 	@tests/run-tests.sh
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build, postcopy tests on it.
+# Leak detection is off: QEMU 7.2 leaks at exit outside migration.
+ASAN_BUILD := $(TOP)/$(TREE)/build-asan
+asan: $(DEPS_STAMP) $(TREE)/.git
+	@BUILD_DIR=$(ASAN_BUILD) EXTRA_CONFIGURE=--enable-sanitizers \
+		scripts/build-qemu.sh
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1 \
+		tests/run-tests.sh --build $(ASAN_BUILD) -s migration-test \
+		-p /x86_64/migration/postcopy
 
 verify: $(DEPS_STAMP)
 	@scripts/verify-series.sh

@@ -41,8 +41,8 @@ echo "build: ninja ${TARGETS[*]}"
 PATH=/usr/bin:$PATH ninja -j"$(nproc)" "${TARGETS[@]}" 2>&1 |
     awk '/^\[[0-9]+\/[0-9]+\]/ { split($1, a, /[\[\/\]]/);
                                   if (a[2] % 100 == 0 || a[2] == a[3])
-                                      print "build: " $1; next }
-         { print }'
+                                      { print "build: " $1; fflush() }; next }
+         { print; fflush() }'
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "build: ninja failed" >&2; exit 1; }
 
 bundle=$BUILD_DIR/qemu-bundle/usr/local/share/qemu

@@ -18,31 +18,35 @@ import sys
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(TOP, "build", "qemu", "build")
-QEMU = os.path.join(BUILD, "qemu-system-x86_64")
 
-# name, command, time limit in seconds
-SUITES = [
-    ("migration-test",
-     [os.path.join(BUILD, "tests/qtest/migration-test"), "--tap", "-k"],
-     2400),
-    ("qmp-test",
-     [os.path.join(BUILD, "tests/qtest/qmp-test"), "--tap", "-k"],
-     300),
-    ("interop-test",
-     [sys.executable, os.path.join(TOP, "tests/interop-test.py")],
-     600),
-]
+
+def suites(build):
+    """name, command, time limit in seconds"""
+    return [
+        ("migration-test",
+         [os.path.join(build, "tests/qtest/migration-test"), "--tap", "-k"],
+         2400),
+        ("qmp-test",
+         [os.path.join(build, "tests/qtest/qmp-test"), "--tap", "-k"],
+         300),
+        ("interop-test",
+         [sys.executable, os.path.join(TOP, "tests/interop-test.py"),
+          "--ours", os.path.join(build, "qemu-system-x86_64")],
+         900),
+    ]
 
 TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")
 
 
-def run_suite(name, cmd, limit, verbose, only):
-    env = dict(os.environ, QTEST_QEMU_BINARY=QEMU)
+def run_suite(name, cmd, limit, verbose, only, qemu):
+    env = dict(os.environ, QTEST_QEMU_BINARY=qemu)
     if only:
-        cmd = cmd + ["-p", only]
+        # GLib: every test whose path starts with @only
+        cmd = cmd + ["-r", only]
     results = []
-    log_path = os.path.join(TOP, "build", "test-logs", name + ".log")
+    log_path = os.path.join(TOP, "build", "test-logs",
+                            os.path.basename(os.path.dirname(qemu)) + "-" +
+                            name + ".log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     start = time.monotonic()
     with open(log_path, "w") as log:
@@ -102,20 +106,25 @@ def main():
     ap.add_argument("-s", "--suite", action="append",
                     help="run only this suite (repeatable)")
     ap.add_argument("-p", "--path",
-                    help="run only this GLib test path (with --suite)")
+                    help="run only the GLib tests under this path "
+                    "(with --suite)")
+    ap.add_argument("--build", default=os.path.join(TOP, "build", "qemu",
+                                                    "build"),
+                    help="the QEMU build to test (default: %(default)s)")
     args = ap.parse_args()
 
-    if not os.access(QEMU, os.X_OK):
-        print(f"run-tests: {QEMU} is not built; run make build",
+    qemu = os.path.join(args.build, "qemu-system-x86_64")
+    if not os.access(qemu, os.X_OK):
+        print(f"run-tests: {qemu} is not built; run make build",
               file=sys.stderr)
         return 2
 
     results = []
-    for name, cmd, limit in SUITES:
+    for name, cmd, limit in suites(args.build):
         if args.suite and name not in args.suite:
             continue
         print(f"== {name}", flush=True)
-        results += run_suite(name, cmd, limit, args.verbose, args.path)
+        results += run_suite(name, cmd, limit, args.verbose, args.path, qemu)
 
     passed = sum(1 for r in results if r[0] == "pass")
     failed = [r for r in results if r[0] == "fail"]
