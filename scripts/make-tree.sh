@@ -46,6 +46,8 @@ tar -C "$SRC_DIR" --exclude=./debian --exclude=./.pc \
 
 g() { git -C "$TREE.tmp" "${GIT_IDENT[@]}" "$@"; }
 g init -q -b master
+# Extra build directories (build-asan) are not part of the source
+echo "/build-*/" >> "$TREE.tmp/.git/info/exclude"
 g add -A -f
 g commit -q -m "Debian qemu $version, pristine (upstream $(cat "$SRC_DIR/VERSION"))"
 g tag pristine
