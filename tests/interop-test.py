@@ -6,7 +6,9 @@ For each direction (ours to reference, reference to ours) and each mode
 link in the middle of postcopy, check that both sides pause, resume with
 QMP migrate resume=true, check that both sides are active again, let the
 migration complete, and check the guest memory on the destination page by
-page.  Prints TAP.
+page.  One more case, ours to ours, pauses the destination with
+migrate-pause and moves it to a new port with migrate-recover, both
+executed out-of-band.  Prints TAP.
 """
 
 import argparse
@@ -84,7 +86,7 @@ async def states(vms, goal, bad=("failed", "completed")):
             raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
 
 
-async def one_case(src_bin, dst_bin, preempt, verbose):
+async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
     tl = Timeline()
     if not verbose:
         tl.log = lambda who, what: None
@@ -109,7 +111,7 @@ async def one_case(src_bin, dst_bin, preempt, verbose):
             await vm.cmd("migrate-set-capabilities", capabilities=caps)
         # Precopy must not converge, postcopy must not end before the break
         await src.cmd("migrate-set-parameters",
-                      **{"max-bandwidth": 3000000, "downtime-limit": 1,
+                      **{"max-bandwidth": 30000000, "downtime-limit": 1,
                          "max-postcopy-bandwidth": 1 << 20})
         uri = f"tcp:127.0.0.1:{proxy.port}"
         await src.cmd("migrate", uri=uri)
@@ -126,8 +128,15 @@ async def one_case(src_bin, dst_bin, preempt, verbose):
         # Until the guest runs on the destination, a failure is not postcopy's
         await dst.wait_running()
 
-        proxy.break_links()
-        await states((src, dst), "postcopy-paused")
+        if oob:
+            # Out-of-band, as when the main loop waits on a missing page
+            await dst.cmd("migrate-pause", oob=True)
+            await states((src, dst), "postcopy-paused")
+            uri = f"tcp:127.0.0.1:{free_port()}"
+            await dst.cmd("migrate-recover", uri=uri, oob=True)
+        else:
+            proxy.break_links()
+            await states((src, dst), "postcopy-paused")
 
         await src.cmd("migrate", uri=uri, resume=True)
         await states((src, dst), "postcopy-active", bad=("failed",))
@@ -168,6 +177,8 @@ def main():
                       mode == "preempt"))
         cases.append((f"/interop/ref-to-ours/{mode}", args.ref, args.ours,
                       mode == "preempt"))
+    # Not interop: our commands out-of-band, through QEMU's QMP library
+    cases.append(("/qmp-oob/pause-recover", args.ours, args.ours, False))
     print(f"1..{len(cases)}")
     failed = 0
     for i, (name, src, dst, preempt) in enumerate(cases, 1):
@@ -176,7 +187,8 @@ def main():
             failed += 1
             continue
         try:
-            what = asyncio.run(one_case(src, dst, preempt, args.verbose))
+            what = asyncio.run(one_case(src, dst, preempt, args.verbose,
+                                        oob=name.startswith("/qmp-oob/")))
             print(f"ok {i} {name} # {what}", flush=True)
         except (DemoError, ExecuteError, OSError) as e:
             print(f"not ok {i} {name} # {e}", flush=True)
