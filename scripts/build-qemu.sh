@@ -20,6 +20,11 @@ export CCACHE_BASEDIR=$top/build CCACHE_NOHASHDIR=1
 mkdir -p "$BUILD_DIR"
 cd "$BUILD_DIR"
 
+args="${EXTRA_CONFIGURE:-}"
+if [ -f build.ninja ] && [ "$(cat .configure-args 2>/dev/null)" != "$args" ]; then
+    echo "build: configure arguments changed: configuring $BUILD_DIR anew"
+    find . -mindepth 1 -delete
+fi
 if [ ! -f build.ninja ]; then
     echo "build: configuring $BUILD_DIR"
     # Debian's meson with Debian's python: not a python from PATH.
@@ -34,6 +39,7 @@ if [ ! -f build.ninja ]; then
         echo "build: configure failed (log: $BUILD_DIR/configure.log)" >&2
         exit 1
     }
+    echo "$args" > .configure-args
 fi
 
 echo "build: ninja ${TARGETS[*]}"
