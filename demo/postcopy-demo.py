@@ -99,10 +99,10 @@ async def run(args):
         tl.log("dest", "the guest runs here now")
         await asyncio.sleep(args.fail_after)
 
-        tl.log("bridge", "killed (SIGKILL): the link is down")
-        bridge.send_signal(signal.SIGKILL)
-        await bridge.wait()
         t_fail = tl.mark("failure")
+        bridge.send_signal(signal.SIGKILL)
+        tl.log("bridge", "killed (SIGKILL): the link is down")
+        await bridge.wait()
 
         s = await src.wait_state(["postcopy-paused", "failed", "completed"])
         d = await dst.wait_state(["postcopy-paused", "failed", "completed"])
