@@ -20,7 +20,13 @@ export CCACHE_BASEDIR=$top/build CCACHE_NOHASHDIR=1
 mkdir -p "$BUILD_DIR"
 cd "$BUILD_DIR"
 
-args="${EXTRA_CONFIGURE:-}"
+# QEMU's configure gives meson an explicit compiler, so meson does not add
+# ccache by itself: ask for it.
+cc=cc
+if command -v ccache >/dev/null; then
+    cc="ccache cc"
+fi
+args="--cc=$cc ${EXTRA_CONFIGURE:-}"
 if [ -f build.ninja ] && [ "$(cat .configure-args 2>/dev/null)" != "$args" ]; then
     echo "build: configure arguments changed: configuring $BUILD_DIR anew"
     find . -mindepth 1 -delete
@@ -34,7 +40,7 @@ if [ ! -f build.ninja ]; then
         --enable-system --disable-user --enable-tcg \
         --enable-slirp --enable-gnutls --enable-fdt=system \
         --disable-docs --meson=meson --with-git-submodules=ignore \
-        ${EXTRA_CONFIGURE:-} > configure.log 2>&1 || {
+        --cc="$cc" ${EXTRA_CONFIGURE:-} > configure.log 2>&1 || {
         tail -30 configure.log >&2
         echo "build: configure failed (log: $BUILD_DIR/configure.log)" >&2
         exit 1
