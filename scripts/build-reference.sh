@@ -16,5 +16,5 @@ if [ "$(cat "$REF/src/.debian-version" 2>/dev/null)" != "$version" ]; then
         tar -C "$REF/src" -xf -
 fi
 TREE=$REF/src BUILD_DIR=$REF/build TARGETS=qemu-system-x86_64 \
-    "$top/scripts/build-qemu.sh" | sed 's/^build:/reference:/'
+    "$top/scripts/build-qemu.sh" | sed -u 's/^build:/reference:/'
 exit "${PIPESTATUS[0]}"
