@@ -1,4 +1,4 @@
-"""Drive a pair of QEMUs for postcopy experiments (demo and interop test).
+"""Drive a pair of QEMUs for postcopy experiments (demo and tests).
 
 Starts QEMU processes with a QMP monitor (QEMU's own Python QMP library
 from the work tree), follows their MIGRATION events into a timeline, waits
@@ -108,12 +108,82 @@ def check_guest_memory(path):
     return pages, bad
 
 
+class Proxy:
+    """Forward 127.0.0.1:port to host:target; break or stall links.
+
+    A broken link is reset (RST to both peers).  A stalled link stops
+    forwarding in both directions but stays open: a black hole, as when a
+    cable is pulled, that only a timeout can detect.
+    """
+
+    def __init__(self, target, host="127.0.0.1"):
+        self.target = target
+        self.host = host
+        self.links = []          # (writer, target writer, flowing event)
+        self.server = None
+        self.port = None
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader, writer):
+        try:
+            treader, twriter = await asyncio.open_connection(self.host,
+                                                             self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        flowing = asyncio.Event()
+        flowing.set()
+        self.links.append((writer, twriter, flowing))
+        try:
+            await asyncio.gather(self._pump(reader, twriter, flowing),
+                                 self._pump(treader, writer, flowing))
+        except asyncio.CancelledError:
+            pass
+
+    @staticmethod
+    async def _pump(reader, writer, flowing):
+        try:
+            while True:
+                await flowing.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def break_links(self):
+        """Reset every forwarded connection (RST to both peers)."""
+        for a, b, _ in self.links:
+            a.transport.abort()
+            b.transport.abort()
+        self.links = []
+
+    def stall_links(self):
+        """Stop forwarding on every current connection, without closing."""
+        for _, _, flowing in self.links:
+            flowing.clear()
+
+    async def close(self):
+        self.break_links()
+        self.server.close()
+        await self.server.wait_closed()
+
+
 class Vm:
     """One QEMU process with a QMP monitor."""
 
-    def __init__(self, name, qemu, workdir, timeline, extra):
+    def __init__(self, name, qemu, workdir, timeline, extra, wrapper=()):
         self.name = name
         self.qemu = qemu
+        self.wrapper = list(wrapper)     # e.g. ip netns exec NAME
         self.workdir = workdir
         self.tl = timeline
         self.extra = extra
@@ -129,13 +199,14 @@ class Vm:
         self._tasks = []
 
     async def start(self, bootsect):
-        args = [self.qemu, "-name", self.name, "-machine", "pc",
-                "-accel", "tcg", "-m", "150M", "-display", "none",
-                "-nodefaults", "-serial", "file:" + self.serial,
-                "-drive", f"file={bootsect},format=raw,if=ide",
-                "-chardev",
-                f"socket,id=qmp,path={self.qmp_path},server=on,wait=off",
-                "-mon", "chardev=qmp,mode=control"] + self.extra
+        args = self.wrapper + [
+            self.qemu, "-name", self.name, "-machine", "pc",
+            "-accel", "tcg", "-m", "150M", "-display", "none",
+            "-nodefaults", "-serial", "file:" + self.serial,
+            "-drive", f"file={bootsect},format=raw,if=ide",
+            "-chardev",
+            f"socket,id=qmp,path={self.qmp_path},server=on,wait=off",
+            "-mon", "chardev=qmp,mode=control"] + self.extra
         self.log = open(self.log_path, "w")
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=self.log,

@@ -21,62 +21,11 @@ import tempfile
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    MEM_END, MEM_START, QMP_TIMEOUT, DemoError, ExecuteError, Timeline, Vm,
-    check_guest_memory, free_port, wait_serial, write_bootsect)
+    MEM_END, MEM_START, QMP_TIMEOUT, DemoError, ExecuteError, Proxy, Timeline,
+    Vm, check_guest_memory, free_port, wait_serial, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
-
-
-class Proxy:
-    """Forward 127.0.0.1:port to 127.0.0.1:target; break links on demand."""
-
-    def __init__(self, target):
-        self.target = target
-        self.links = []
-        self.server = None
-        self.port = None
-
-    async def start(self):
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader, writer):
-        try:
-            treader, twriter = await asyncio.open_connection("127.0.0.1",
-                                                             self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.links.append((writer, twriter))
-        await asyncio.gather(self._pump(reader, twriter),
-                             self._pump(treader, writer))
-
-    @staticmethod
-    async def _pump(reader, writer):
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.transport.abort()
-
-    def break_links(self):
-        """Reset every forwarded connection (RST to both peers)."""
-        for a, b in self.links:
-            a.transport.abort()
-            b.transport.abort()
-        self.links = []
-
-    async def close(self):
-        self.break_links()
-        self.server.close()
-        await self.server.wait_closed()
 
 
 async def states(vms, goal, bad=("failed", "completed")):

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Dead-link detection of postcopy: black holes, dropped packets, slow links.
+
+Each case runs a postcopy migration of a guest that writes its memory,
+and checks that a link that silently stops carrying data makes the
+migration pause (postcopy-link-timeout), on each side that can tell,
+within the limit plus a margin; then lets the link work again, resumes,
+completes, and checks the guest memory on the destination page by page.
+
+  /link/black-hole/ours      a proxy stops forwarding, both sides ours
+  /link/black-hole/ours-to-ref  the same against an unmodified QEMU 7.2
+                             destination, which answers the heartbeat
+  /link/netns-drop/ours      the two QEMUs in network namespaces joined
+                             by veth; nftables drops every packet
+  /link/netns-drop/ref-to-ours  the same from a QEMU 7.2 source, which
+                             sends no heartbeat: the destination's socket
+                             timeouts detect it
+  /link/healthy/slow         max-postcopy-bandwidth of 4 KiB/s and a
+                             1 s limit: the migration never pauses
+
+The namespace cases need root, ip(8) and nft(8); where they are missing
+they are reported as skipped, with the reason.  Prints TAP; each result
+line gives the measured detection times.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "demo"))
+from postcopy_harness import (  # noqa: E402
+    MEM_END, MEM_START, DemoError, ExecuteError, Proxy, Timeline, Vm,
+    check_guest_memory, free_port, wait_serial, write_bootsect)
+
+OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
+REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
+
+LIMIT_MS = 2000          # postcopy-link-timeout of the detection cases
+MARGIN = 1.0             # the target: detection within the limit + 1 s
+DETECT_WAIT = 30.0       # a detection slower than this is a failure
+
+NS_SRC, NS_DST = "pclink-src", "pclink-dst"
+ADDR_SRC, ADDR_DST = "10.231.0.1", "10.231.0.2"
+
+
+class Skip(Exception):
+    pass
+
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+class Namespaces:
+    """Two network namespaces joined by a veth pair; packets can be dropped."""
+
+    def __init__(self):
+        if os.geteuid() != 0:
+            raise Skip("needs root for network namespaces")
+        for tool in ("ip", "nft"):
+            if not shutil.which(tool):
+                raise Skip(f"{tool} is not installed")
+        self.up = False
+
+    def __enter__(self):
+        self.cleanup()
+        try:
+            sh("ip", "netns", "add", NS_SRC)
+            sh("ip", "netns", "add", NS_DST)
+        except subprocess.CalledProcessError as e:
+            self.cleanup()
+            raise Skip("network namespaces unavailable: " +
+                       e.stderr.decode().strip()) from None
+        self.up = True
+        sh("ip", "link", "add", "pclink0", "netns", NS_SRC, "type", "veth",
+           "peer", "name", "pclink1", "netns", NS_DST)
+        for ns, dev, addr in ((NS_SRC, "pclink0", ADDR_SRC),
+                              (NS_DST, "pclink1", ADDR_DST)):
+            sh("ip", "-n", ns, "addr", "add", addr + "/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        return self
+
+    @staticmethod
+    def wrap(ns):
+        return ["ip", "netns", "exec", ns]
+
+    def drop(self):
+        """Drop every packet between the two, in both namespaces."""
+        for ns, peer in ((NS_SRC, ADDR_DST), (NS_DST, ADDR_SRC)):
+            rules = (f"table inet pclink {{\n chain in {{\n"
+                     f"  type filter hook input priority 0;\n"
+                     f"  ip saddr {peer} drop\n }}\n}}\n")
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                           input=rules.encode(), check=True)
+
+    def restore(self):
+        for ns in (NS_SRC, NS_DST):
+            sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet",
+               "pclink")
+
+    def cleanup(self):
+        for ns in (NS_SRC, NS_DST):
+            subprocess.run(["ip", "netns", "del", ns],
+                           stderr=subprocess.DEVNULL)
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+
+async def states(vms, goal, bad=("failed", "completed"), timeout=120.0):
+    for vm in vms:
+        st = await vm.wait_state([goal] + list(bad), timeout=timeout)
+        if st != goal:
+            raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
+
+
+async def paused_after(vm, t0):
+    """Seconds from @t0 (monotonic) until @vm reached postcopy-paused."""
+    await states([vm], "postcopy-paused", timeout=DETECT_WAIT)
+    for t, st in vm.history:
+        if st == "postcopy-paused":
+            return t - t0
+    raise DemoError(f"{vm.name}: no postcopy-paused in its history")
+
+
+def log_has(vm, text):
+    with open(vm.log_path, errors="replace") as f:
+        return text in f.read()
+
+
+async def start_postcopy(src, dst, uri, limit_ms, limit_on,
+                         bandwidth=1 << 20):
+    """Migrate until the guest runs on @dst; set the limit on @limit_on."""
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True}])
+    for vm in limit_on:
+        await vm.cmd("migrate-set-parameters",
+                     **{"postcopy-link-timeout": limit_ms})
+    # Precopy must not converge, postcopy must not end before the failure
+    await src.cmd("migrate-set-parameters",
+                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
+                     "max-postcopy-bandwidth": bandwidth})
+    await src.cmd("migrate", uri=uri)
+    await src.wait_state(["active"])
+    for _ in range(600):
+        info = await src.cmd("query-migrate")
+        if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise DemoError("precopy made no full pass")
+    await src.cmd("migrate-start-postcopy")
+    await states((src, dst), "postcopy-active")
+    # Until the guest runs on the destination, a failure is not postcopy's
+    await dst.wait_running()
+
+
+async def finish(src, dst, work):
+    await src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+    await states((src, dst), "completed", bad=("failed",))
+    await dst.cmd("stop")
+    dump = os.path.join(work, "dest-memory")
+    await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                  filename=dump)
+    pages, bad = check_guest_memory(dump)
+    if bad:
+        raise DemoError(f"{len(bad)} of {pages} pages wrong, first at "
+                        f"0x{bad[0][0]:x}")
+    return pages
+
+
+async def check_source_reason(src):
+    info = await src.cmd("query-migrate")
+    desc = info.get("error-desc", "")
+    if "Postcopy link dead: nothing received from the destination" not in \
+            desc:
+        raise DemoError(f"source error-desc is {desc!r}")
+
+
+def in_time(who, took):
+    limit = LIMIT_MS / 1000
+    verdict = "within" if took <= limit + MARGIN else "OVER"
+    return f"{who} {took:.2f} s ({verdict} limit + {MARGIN:.0f} s)"
+
+
+async def black_hole(work, tl, src_bin, dst_bin, ours):
+    bootsect = os.path.join(work, "bootsect")
+    dport = free_port()
+    dst = Vm("dest", dst_bin, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source", src_bin, work, tl, [])
+    proxy = Proxy(dport)
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        ours_dst = dst_bin == ours
+        await start_postcopy(src, dst, uri, LIMIT_MS,
+                             (src, dst) if ours_dst else (src,))
+
+        t0 = tl.now()
+        proxy.stall_links()
+        took_src = await paused_after(src, t0)
+        await check_source_reason(src)
+        if ours_dst:
+            took_dst = await paused_after(dst, t0)
+            if not log_has(dst, "Postcopy link dead: nothing received "
+                                "from the source"):
+                raise DemoError("the destination did not say why it paused")
+            figures = [in_time("source", took_src),
+                       in_time("destination", took_dst)]
+        else:
+            # A 7.2 destination cannot tell a black hole: still active
+            if dst.state != "postcopy-active":
+                raise DemoError(f"7.2 destination is '{dst.state}'")
+            proxy.break_links()
+            await states([dst], "postcopy-paused")
+            figures = [in_time("source", took_src),
+                       "7.2 destination: no detection (reset by the test)"]
+        proxy.break_links()
+
+        await src.cmd("migrate", uri=uri, resume=True)
+        await states((src, dst), "postcopy-active", bad=("failed",))
+        pages = await finish(src, dst, work)
+        return "; ".join(figures) + f"; {pages} pages verified"
+    finally:
+        await proxy.close()
+        for vm in (src, dst):
+            await vm.stop()
+
+
+async def netns_drop(work, tl, src_bin, dst_bin, ours):
+    with Namespaces() as ns:
+        bootsect = os.path.join(work, "bootsect")
+        dport = free_port()
+        uri = f"tcp:{ADDR_DST}:{dport}"
+        dst = Vm("dest", dst_bin, work, tl, ["-incoming", uri],
+                 wrapper=ns.wrap(NS_DST))
+        src = Vm("source", src_bin, work, tl, [], wrapper=ns.wrap(NS_SRC))
+        ours_src = src_bin == ours
+        try:
+            await dst.start(bootsect)
+            await src.start(bootsect)
+            await wait_serial(src.serial)
+            # A 7.2 source has no postcopy-link-timeout
+            await start_postcopy(src, dst, uri, LIMIT_MS,
+                                 (src, dst) if ours_src else (dst,))
+
+            t0 = tl.now()
+            ns.drop()
+            took_dst = await paused_after(dst, t0)
+            if ours_src:
+                took_src = await paused_after(src, t0)
+                await check_source_reason(src)
+                figures = [in_time("source", took_src),
+                           in_time("destination", took_dst)]
+            else:
+                figures = [in_time("destination (socket timeouts)",
+                                   took_dst)]
+            ns.restore()
+            if not ours_src:
+                # The 7.2 source learns of it from the reset its next
+                # segment gets from the destination, whose socket is gone
+                await states([src], "postcopy-paused")
+                took_src = [t for t, st in src.history
+                            if st == "postcopy-paused"][0] - t0
+                figures.append(f"7.2 source paused {took_src:.2f} s after "
+                               f"the drop, once the link was back")
+
+            await src.cmd("migrate", uri=uri, resume=True)
+            await states((src, dst), "postcopy-active", bad=("failed",))
+            pages = await finish(src, dst, work)
+            return "; ".join(figures) + f"; {pages} pages verified"
+        finally:
+            for vm in (src, dst):
+                await vm.stop()
+
+
+async def healthy(work, tl, src_bin, dst_bin, ours):
+    bootsect = os.path.join(work, "bootsect")
+    dport = free_port()
+    dst = Vm("dest", dst_bin, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source", src_bin, work, tl, [])
+    watch = 6.0
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        try:
+            await src.cmd("migrate-set-parameters",
+                          **{"postcopy-link-timeout": 500})
+            raise DemoError("a 500 ms limit was accepted")
+        except ExecuteError as e:
+            want = ("Parameter 'postcopy_link_timeout' expects 0 (disabled) "
+                    "or an integer in the range of 1000 to 3600000 ms")
+            if str(e) != want:
+                raise DemoError(f"wrong error for 500 ms: {e}") from None
+        await start_postcopy(src, dst, f"tcp:127.0.0.1:{dport}", 1000,
+                             (src, dst), bandwidth=4096)
+        # Six times the limit, at 4 KiB/s: not a single pause may happen
+        deadline = time.monotonic() + watch
+        while time.monotonic() < deadline:
+            for vm in (src, dst):
+                if vm.state != "postcopy-active":
+                    raise DemoError(f"{vm.name} went '{vm.state}' on a "
+                                    f"healthy link")
+            await asyncio.sleep(0.2)
+        info = await src.cmd("query-migrate")
+        sent = info["ram"]["transferred"]
+        pages = await finish(src, dst, work)
+        for vm in (src, dst):
+            if any(st == "postcopy-paused" for _, st in vm.history):
+                raise DemoError(f"{vm.name} paused on a healthy link")
+        return (f"no pause in {watch:.0f} s at 4 KiB/s with a 1 s limit "
+                f"({sent} bytes sent); {pages} pages verified")
+    finally:
+        for vm in (src, dst):
+            await vm.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ours", default=OURS)
+    ap.add_argument("--ref", default=REF)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+
+    cases = [
+        ("/link/black-hole/ours", black_hole, args.ours, args.ours),
+        ("/link/black-hole/ours-to-ref", black_hole, args.ours, args.ref),
+        ("/link/netns-drop/ours", netns_drop, args.ours, args.ours),
+        ("/link/netns-drop/ref-to-ours", netns_drop, args.ref, args.ours),
+        ("/link/healthy/slow", healthy, args.ours, args.ours),
+    ]
+    print(f"1..{len(cases)}")
+    failed = 0
+    for i, (name, fn, src, dst) in enumerate(cases, 1):
+        if not os.access(src, os.X_OK) or not os.access(dst, os.X_OK):
+            print(f"not ok {i} {name} # QEMU missing: {src} or {dst}")
+            failed += 1
+            continue
+        tl = Timeline()
+        if not args.verbose:
+            tl.log = lambda who, what: None
+        work = tempfile.mkdtemp(prefix="postcopy-link-")
+        write_bootsect(os.path.join(work, "bootsect"))
+        ok = False
+        try:
+            what = asyncio.run(fn(work, tl, src, dst, args.ours))
+            print(f"ok {i} {name} # {what}", flush=True)
+            ok = True
+        except Skip as e:
+            print(f"ok {i} {name} # SKIP {e}", flush=True)
+            ok = True
+        except (DemoError, ExecuteError, OSError,
+                subprocess.CalledProcessError) as e:
+            print(f"not ok {i} {name} # {e}", flush=True)
+            failed += 1
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# logs kept in {work}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
