@@ -8,7 +8,10 @@ QMP migrate resume=true, check that both sides are active again, let the
 migration complete, and check the guest memory on the destination page by
 page.  One more case, ours to ours, pauses the destination with
 migrate-pause and moves it to a new port with migrate-recover, both
-executed out-of-band.  Prints TAP.
+executed out-of-band.  In the last case, two migrations pause and the
+source of one tries to resume towards the destination of the other: it
+is refused, with a clear error on both ends, and both migrations then
+recover and complete.  Prints TAP.
 """
 
 import argparse
@@ -113,6 +116,106 @@ async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
             print(f"# logs kept in {work}", flush=True)
 
 
+async def pair(tl, work, qemu, tag):
+    """A source and a destination, through a proxy, in postcopy-active."""
+    bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
+    write_bootsect(bootsect)
+    dport = free_port()
+    dst = Vm("dest" + tag, qemu, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source" + tag, qemu, work, tl, [])
+    proxy = Proxy(dport)
+    await dst.start(bootsect)
+    await src.start(bootsect)
+    await wait_serial(src.serial)
+    await proxy.start()
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True}])
+    await src.cmd("migrate-set-parameters",
+                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
+                     "max-postcopy-bandwidth": 1 << 20})
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
+    await src.wait_state(["active"])
+    for _ in range(600):
+        info = await src.cmd("query-migrate")
+        if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise DemoError("precopy made no full pass")
+    await src.cmd("migrate-start-postcopy")
+    await states((src, dst), "postcopy-active")
+    await dst.wait_running()
+    return src, dst, proxy
+
+
+async def complete(src, dst, work):
+    await src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+    await states((src, dst), "completed", bad=("failed",))
+    await dst.cmd("stop")
+    dump = os.path.join(work, dst.name + "-memory")
+    await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                  filename=dump)
+    pages, bad = check_guest_memory(dump)
+    if bad:
+        raise DemoError(f"{dst.name}: {len(bad)} of {pages} pages wrong")
+    return pages
+
+
+async def other_migration_case(qemu, verbose):
+    """Resume source A towards destination B, of another migration."""
+    tl = Timeline()
+    if not verbose:
+        tl.log = lambda who, what: None
+    work = tempfile.mkdtemp(prefix="postcopy-identity-")
+    vms, proxies = [], []
+    ok = False
+    try:
+        src_a, dst_a, proxy_a = await pair(tl, work, qemu, "-a")
+        vms += [src_a, dst_a]
+        proxies.append(proxy_a)
+        src_b, dst_b, proxy_b = await pair(tl, work, qemu, "-b")
+        vms += [src_b, dst_b]
+        proxies.append(proxy_b)
+        for p in proxies:
+            p.break_links()
+        await states(vms, "postcopy-paused")
+
+        await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
+                        resume=True)
+        await states((src_a, dst_b), "postcopy-recover")
+        await states((src_a, dst_b), "postcopy-paused")
+        want = ("Postcopy recovery refused by the destination: it is paused "
+                "in another migration than this source's")
+        desc = (await src_a.cmd("query-migrate")).get("error-desc")
+        if desc != want:
+            raise DemoError(f"source-a: error-desc {desc!r}")
+        with open(dst_b.log_path, errors="replace") as f:
+            if "refused a connection: it comes from another migration" \
+                    not in f.read():
+                raise DemoError("dest-b did not log the refusal")
+
+        await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_a.port}",
+                        resume=True)
+        await src_b.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
+                        resume=True)
+        await states(vms, "postcopy-active", bad=("failed",))
+        pages = await complete(src_a, dst_a, work)
+        pages += await complete(src_b, dst_b, work)
+        ok = True
+        return f"refused with the expected errors; {pages} pages verified"
+    finally:
+        for p in proxies:
+            await p.close()
+        for vm in vms:
+            await vm.stop()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# logs kept in {work}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", default=OURS)
@@ -128,6 +231,8 @@ def main():
                       mode == "preempt"))
     # Not interop: our commands out-of-band, through QEMU's QMP library
     cases.append(("/qmp-oob/pause-recover", args.ours, args.ours, False))
+    # Not interop: a source resumes towards another migration's destination
+    cases.append(("/identity/other-migration", args.ours, args.ours, False))
     print(f"1..{len(cases)}")
     failed = 0
     for i, (name, src, dst, preempt) in enumerate(cases, 1):
@@ -136,8 +241,11 @@ def main():
             failed += 1
             continue
         try:
-            what = asyncio.run(one_case(src, dst, preempt, args.verbose,
-                                        oob=name.startswith("/qmp-oob/")))
+            if name.startswith("/identity/"):
+                what = asyncio.run(other_migration_case(src, args.verbose))
+            else:
+                what = asyncio.run(one_case(src, dst, preempt, args.verbose,
+                                            oob=name.startswith("/qmp-oob/")))
             print(f"ok {i} {name} # {what}", flush=True)
         except (DemoError, ExecuteError, OSError) as e:
             print(f"not ok {i} {name} # {e}", flush=True)

@@ -44,7 +44,7 @@ TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")
 
 def run_suite(name, cmd, limit, verbose, only, qemu):
     env = dict(os.environ, QTEST_QEMU_BINARY=qemu)
-    if only:
+    if only and cmd[0] != sys.executable:
         # GLib: every test whose path starts with @only
         cmd = cmd + ["-r", only]
     results = []
@@ -111,7 +111,7 @@ def main():
                     help="run only this suite (repeatable)")
     ap.add_argument("-p", "--path",
                     help="run only the GLib tests under this path "
-                    "(with --suite)")
+                    "(with --suite; script suites run whole)")
     ap.add_argument("--build", default=os.path.join(TOP, "build", "qemu",
                                                     "build"),
                     help="the QEMU build to test (default: %(default)s)")
