@@ -268,6 +268,25 @@ class Vm:
                             f"{timeout}s, waiting for {states}") from None
         return self.state
 
+    async def wait_sequence(self, start, seq, timeout=STATE_TIMEOUT):
+        """Wait until the states after history[@start] include @seq, in
+        order (so that a quick pass through a state is not missed)."""
+        def seen():
+            it = iter(st for _, st in self.history[start:])
+            return all(s in it for s in seq)
+
+        async def reached():
+            async with self.changed:
+                await self.changed.wait_for(
+                    lambda: seen() or self.exited is not None)
+        try:
+            await asyncio.wait_for(reached(), timeout)
+        except asyncio.TimeoutError:
+            raise DemoError(f"{self.name}: no {seq} within {timeout}s; "
+                            f"now '{self.state}'") from None
+        if not seen():
+            raise DemoError(f"{self.name}: {self.state}")
+
     async def wait_running(self, timeout=STATE_TIMEOUT):
         """Wait until the guest runs here (query-status)."""
         deadline = time.monotonic() + timeout

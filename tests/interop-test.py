@@ -11,13 +11,19 @@ migrate-pause and moves it to a new port with migrate-recover, both
 executed out-of-band.  In the last case, two migrations pause and the
 source of one tries to resume towards the destination of the other: it
 is refused, with a clear error on both ends, and both migrations then
-recover and complete.  Prints TAP.
+recover and complete.  Then a fake destination answers a source's
+recovery with bad return-path messages (received bitmaps of an unknown
+RAMBlock, of a wrong size, truncated, without end mark; RESUME_ACK out
+of turn; an unknown message): each gets a precise error in query-migrate
+and leaves the source paused, and the migration still completes.
+Prints TAP.
 """
 
 import argparse
 import asyncio
 import os
 import shutil
+import struct
 import sys
 import tempfile
 
@@ -125,28 +131,36 @@ async def pair(tl, work, qemu, tag):
              ["-incoming", f"tcp:127.0.0.1:{dport}"])
     src = Vm("source" + tag, qemu, work, tl, [])
     proxy = Proxy(dport)
-    await dst.start(bootsect)
-    await src.start(bootsect)
-    await wait_serial(src.serial)
-    await proxy.start()
-    for vm in (src, dst):
-        await vm.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True}])
-    await src.cmd("migrate-set-parameters",
-                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
-                     "max-postcopy-bandwidth": 1 << 20})
-    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
-    await src.wait_state(["active"])
-    for _ in range(600):
-        info = await src.cmd("query-migrate")
-        if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise DemoError("precopy made no full pass")
-    await src.cmd("migrate-start-postcopy")
-    await states((src, dst), "postcopy-active")
-    await dst.wait_running()
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+        for vm in (src, dst):
+            await vm.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "postcopy-ram", "state": True}])
+        await src.cmd("migrate-set-parameters",
+                      **{"max-bandwidth": 30000000, "downtime-limit": 1,
+                         "max-postcopy-bandwidth": 1 << 20})
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
+        await src.wait_state(["active"])
+        for _ in range(600):
+            info = await src.cmd("query-migrate")
+            if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise DemoError("precopy made no full pass")
+        await src.cmd("migrate-start-postcopy")
+        await states((src, dst), "postcopy-active")
+        await dst.wait_running()
+    except BaseException:
+        # The caller only cleans up what it got
+        if proxy.server:
+            await proxy.close()
+        for vm in (src, dst):
+            await vm.stop()
+        raise
     return src, dst, proxy
 
 
@@ -182,10 +196,12 @@ async def other_migration_case(qemu, verbose):
             p.break_links()
         await states(vms, "postcopy-paused")
 
+        starts = [len(vm.history) for vm in (src_a, dst_b)]
         await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
                         resume=True)
-        await states((src_a, dst_b), "postcopy-recover")
-        await states((src_a, dst_b), "postcopy-paused")
+        for vm, start in zip((src_a, dst_b), starts):
+            await vm.wait_sequence(start, ["postcopy-recover",
+                                           "postcopy-paused"])
         want = ("Postcopy recovery refused by the destination: it is paused "
                 "in another migration than this source's")
         desc = (await src_a.cmd("query-migrate")).get("error-desc")
@@ -216,6 +232,127 @@ async def other_migration_case(qemu, verbose):
             print(f"# logs kept in {work}", flush=True)
 
 
+class FakeDestination:
+    """Accept a source's recovery connection and answer it with @reply.
+
+    Waits until the source asked for the received bitmap of pc.ram, then
+    sends @reply on the return path; closes the connection after it if
+    @close, otherwise reads on until the source closes it.
+    """
+
+    def __init__(self, reply, close=False):
+        self.reply = reply
+        self.close = close
+        self.server = None
+        self.port = None
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader, writer):
+        seen = b""
+        try:
+            while b"pc.ram" not in seen:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                seen = seen[-16:] + data
+            writer.write(self.reply)
+            await writer.drain()
+            if not self.close:
+                while await reader.read(65536):
+                    pass
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def stop(self):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def rp_message(msg_type, payload):
+    return struct.pack(">HH", msg_type, len(payload)) + payload
+
+
+def rp_recv_bitmap(block, size=None, body=b"", end=None):
+    msg = rp_message(5, bytes([len(block)]) + block)     # RECV_BITMAP
+    if size is not None:
+        msg += struct.pack(">Q", size) + body
+    if end is not None:
+        msg += struct.pack(">Q", end)
+    return msg
+
+
+async def fake_destination_case(qemu, verbose):
+    """Bad return-path input during a recovery: a clear error, no loss."""
+    tl = Timeline()
+    if not verbose:
+        tl.log = lambda who, what: None
+    work = tempfile.mkdtemp(prefix="postcopy-wire-")
+    vms, proxies = [], []
+    ok = False
+    try:
+        src, dst, proxy = await pair(tl, work, qemu, "")
+        vms += [src, dst]
+        proxies.append(proxy)
+        proxy.break_links()
+        await states(vms, "postcopy-paused")
+
+        async def attempt(reply, want, close=False):
+            fake = FakeDestination(reply, close)
+            await fake.start()
+            start = len(src.history)
+            try:
+                await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.port}",
+                              resume=True)
+                await src.wait_sequence(start, ["postcopy-recover",
+                                                "postcopy-paused"])
+            finally:
+                await fake.stop()
+            desc = (await src.cmd("query-migrate")).get("error-desc", "")
+            if not desc.startswith(want):
+                raise DemoError(f"error-desc {desc!r}, expected {want!r}")
+            return desc
+
+        await attempt(rp_recv_bitmap(b"nosuch"),
+                      "Received bitmap of unknown RAMBlock 'nosuch'")
+        desc = await attempt(rp_recv_bitmap(b"pc.ram", 8),
+                             "Received bitmap of RAMBlock 'pc.ram': 8 "
+                             "bytes, expected ")
+        size = int(desc.rsplit(" ", 1)[1])
+        await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * (size // 2)),
+                      "Received bitmap of RAMBlock 'pc.ram' is truncated",
+                      close=True)
+        await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * size, 0),
+                      "Received bitmap of RAMBlock 'pc.ram' has no end mark "
+                      "(0x0)")
+        await attempt(rp_message(6, struct.pack(">I", 1)),    # RESUME_ACK
+                      "RESUME_ACK before the source sent POSTCOPY_RESUME")
+        await attempt(rp_message(0x63, b""),
+                      "RP: Received invalid message 0x0063 length 0x0000")
+        if dst.state != "postcopy-paused":
+            raise DemoError(f"destination is '{dst.state}'")
+
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                      resume=True)
+        await states(vms, "postcopy-active", bad=("failed",))
+        pages = await complete(src, dst, work)
+        ok = True
+        return f"6 bad replies, each a precise error; {pages} pages verified"
+    finally:
+        for p in proxies:
+            await p.close()
+        for vm in vms:
+            await vm.stop()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# logs kept in {work}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", default=OURS)
@@ -233,6 +370,8 @@ def main():
     cases.append(("/qmp-oob/pause-recover", args.ours, args.ours, False))
     # Not interop: a source resumes towards another migration's destination
     cases.append(("/identity/other-migration", args.ours, args.ours, False))
+    # Not interop: a fake destination answers the source's recovery badly
+    cases.append(("/wire/fake-destination", args.ours, args.ours, False))
     print(f"1..{len(cases)}")
     failed = 0
     for i, (name, src, dst, preempt) in enumerate(cases, 1):
@@ -243,6 +382,8 @@ def main():
         try:
             if name.startswith("/identity/"):
                 what = asyncio.run(other_migration_case(src, args.verbose))
+            elif name.startswith("/wire/"):
+                what = asyncio.run(fake_destination_case(src, args.verbose))
             else:
                 what = asyncio.run(one_case(src, dst, preempt, args.verbose,
                                             oob=name.startswith("/qmp-oob/")))
