@@ -334,3 +334,64 @@ async def wait_serial(path, timeout=30.0):
         await asyncio.sleep(0.05)
 
 
+
+
+async def states(vms, goal, bad=("failed", "completed"),
+                 timeout=STATE_TIMEOUT):
+    """Wait until every VM of @vms is in @goal; fail on a state of @bad."""
+    for vm in vms:
+        st = await vm.wait_state([goal] + list(bad), timeout=timeout)
+        if st != goal:
+            raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
+
+
+async def enter_postcopy(src, dst, uri, caps=(), params=None,
+                         postcopy_bw=1 << 20):
+    """Migrate @src to @dst at @uri until the guest runs on @dst.
+
+    Enables postcopy-ram and @caps on both sides, sets @params on both,
+    lets precopy make one full pass without converging, switches to
+    postcopy at @postcopy_bw bytes/s (so that it does not end before the
+    test breaks something), and waits until the guest runs on @dst:
+    before that, a failure is not postcopy's.
+    """
+    capabilities = [{"capability": c, "state": True}
+                    for c in ("postcopy-ram",) + tuple(caps)]
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-capabilities", capabilities=capabilities)
+        if params:
+            await vm.cmd("migrate-set-parameters", **params)
+    await src.cmd("migrate-set-parameters",
+                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
+                     "max-postcopy-bandwidth": postcopy_bw})
+    await src.cmd("migrate", uri=uri)
+    await src.wait_state(["active"])
+    deadline = time.monotonic() + STATE_TIMEOUT
+    while True:
+        info = await src.cmd("query-migrate")
+        if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
+            break
+        if info.get("status") not in ("active", "setup"):
+            raise DemoError(f"precopy ended: {info.get('status')}")
+        if time.monotonic() > deadline:
+            raise DemoError("precopy made no full pass")
+        await asyncio.sleep(0.1)
+    await src.cmd("migrate-start-postcopy")
+    await states((src, dst), "postcopy-active")
+    await dst.wait_running()
+
+
+async def complete_and_check(src, dst, dump):
+    """Let the migration complete at full speed, then check every page of
+    the guest memory on @dst (dumped to the file @dump).  Returns the
+    number of pages checked."""
+    await src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
+    await states((src, dst), "completed", bad=("failed",))
+    await dst.cmd("stop")
+    await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                  filename=dump)
+    pages, bad = check_guest_memory(dump)
+    if bad:
+        raise DemoError(f"{dst.name}: {len(bad)} of {pages} pages wrong, "
+                        f"first at 0x{bad[0][0]:x}")
+    return pages

@@ -30,18 +30,11 @@ import tempfile
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    MEM_END, MEM_START, QMP_TIMEOUT, DemoError, ExecuteError, Proxy, Timeline,
-    Vm, check_guest_memory, free_port, wait_serial, write_bootsect)
+    DemoError, ExecuteError, Proxy, Timeline, Vm, complete_and_check,
+    enter_postcopy, free_port, states, wait_serial, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
-
-
-async def states(vms, goal, bad=("failed", "completed")):
-    for vm in vms:
-        st = await vm.wait_state([goal] + list(bad))
-        if st != goal:
-            raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
 
 
 async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
@@ -62,29 +55,9 @@ async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
         await src.start(bootsect)
         await wait_serial(src.serial)
         await proxy.start()
-        caps = [{"capability": "postcopy-ram", "state": True}]
-        if preempt:
-            caps.append({"capability": "postcopy-preempt", "state": True})
-        for vm in (src, dst):
-            await vm.cmd("migrate-set-capabilities", capabilities=caps)
-        # Precopy must not converge, postcopy must not end before the break
-        await src.cmd("migrate-set-parameters",
-                      **{"max-bandwidth": 30000000, "downtime-limit": 1,
-                         "max-postcopy-bandwidth": 1 << 20})
         uri = f"tcp:127.0.0.1:{proxy.port}"
-        await src.cmd("migrate", uri=uri)
-        await src.wait_state(["active"])
-        for _ in range(int(60 / 0.1)):
-            info = await src.cmd("query-migrate")
-            if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise DemoError("precopy made no full pass")
-        await src.cmd("migrate-start-postcopy")
-        await states((src, dst), "postcopy-active")
-        # Until the guest runs on the destination, a failure is not postcopy's
-        await dst.wait_running()
+        await enter_postcopy(src, dst, uri,
+                             caps=("postcopy-preempt",) if preempt else ())
 
         if oob:
             # Out-of-band, as when the main loop waits on a missing page
@@ -98,18 +71,8 @@ async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
 
         await src.cmd("migrate", uri=uri, resume=True)
         await states((src, dst), "postcopy-active", bad=("failed",))
-        await src.cmd("migrate-set-parameters",
-                      **{"max-postcopy-bandwidth": 0})
-        await states((src, dst), "completed", bad=("failed",))
-
-        await dst.cmd("stop")
-        dump = os.path.join(work, "dest-memory")
-        await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
-                      filename=dump)
-        pages, bad = check_guest_memory(dump)
-        if bad:
-            raise DemoError(f"{len(bad)} of {pages} pages wrong, first at "
-                            f"0x{bad[0][0]:x}")
+        pages = await complete_and_check(src, dst,
+                                         os.path.join(work, "dest-memory"))
         ok = True
         return f"{pages} pages verified"
     finally:
@@ -136,24 +99,7 @@ async def pair(tl, work, qemu, tag):
         await src.start(bootsect)
         await wait_serial(src.serial)
         await proxy.start()
-        for vm in (src, dst):
-            await vm.cmd("migrate-set-capabilities", capabilities=[
-                {"capability": "postcopy-ram", "state": True}])
-        await src.cmd("migrate-set-parameters",
-                      **{"max-bandwidth": 30000000, "downtime-limit": 1,
-                         "max-postcopy-bandwidth": 1 << 20})
-        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
-        await src.wait_state(["active"])
-        for _ in range(600):
-            info = await src.cmd("query-migrate")
-            if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise DemoError("precopy made no full pass")
-        await src.cmd("migrate-start-postcopy")
-        await states((src, dst), "postcopy-active")
-        await dst.wait_running()
+        await enter_postcopy(src, dst, f"tcp:127.0.0.1:{proxy.port}")
     except BaseException:
         # The caller only cleans up what it got
         if proxy.server:
@@ -164,72 +110,66 @@ async def pair(tl, work, qemu, tag):
     return src, dst, proxy
 
 
-async def complete(src, dst, work):
-    await src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
-    await states((src, dst), "completed", bad=("failed",))
-    await dst.cmd("stop")
-    dump = os.path.join(work, dst.name + "-memory")
-    await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
-                  filename=dump)
-    pages, bad = check_guest_memory(dump)
-    if bad:
-        raise DemoError(f"{dst.name}: {len(bad)} of {pages} pages wrong")
-    return pages
-
-
-async def other_migration_case(qemu, verbose):
-    """Resume source A towards destination B, of another migration."""
+async def with_pairs(qemu, verbose, tags, body):
+    """Run @body(work, pairs) on one migration in postcopy-active per tag
+    of @tags, each a (source, destination, proxy); clean up after it."""
     tl = Timeline()
     if not verbose:
         tl.log = lambda who, what: None
-    work = tempfile.mkdtemp(prefix="postcopy-identity-")
-    vms, proxies = [], []
+    work = tempfile.mkdtemp(prefix="postcopy-pairs-")
+    pairs = []
     ok = False
     try:
-        src_a, dst_a, proxy_a = await pair(tl, work, qemu, "-a")
-        vms += [src_a, dst_a]
-        proxies.append(proxy_a)
-        src_b, dst_b, proxy_b = await pair(tl, work, qemu, "-b")
-        vms += [src_b, dst_b]
-        proxies.append(proxy_b)
-        for p in proxies:
-            p.break_links()
-        await states(vms, "postcopy-paused")
-
-        starts = [len(vm.history) for vm in (src_a, dst_b)]
-        await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
-                        resume=True)
-        for vm, start in zip((src_a, dst_b), starts):
-            await vm.wait_sequence(start, ["postcopy-recover",
-                                           "postcopy-paused"])
-        want = ("Postcopy recovery refused by the destination: it is paused "
-                "in another migration than this source's")
-        desc = (await src_a.cmd("query-migrate")).get("error-desc")
-        if desc != want:
-            raise DemoError(f"source-a: error-desc {desc!r}")
-        with open(dst_b.log_path, errors="replace") as f:
-            if "refused a connection: it comes from another migration" \
-                    not in f.read():
-                raise DemoError("dest-b did not log the refusal")
-
-        await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_a.port}",
-                        resume=True)
-        await src_b.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
-                        resume=True)
-        await states(vms, "postcopy-active", bad=("failed",))
-        pages = await complete(src_a, dst_a, work)
-        pages += await complete(src_b, dst_b, work)
+        for tag in tags:
+            pairs.append(await pair(tl, work, qemu, tag))
+        result = await body(work, pairs)
         ok = True
-        return f"refused with the expected errors; {pages} pages verified"
+        return result
     finally:
-        for p in proxies:
-            await p.close()
-        for vm in vms:
-            await vm.stop()
+        for src, dst, proxy in pairs:
+            await proxy.close()
+            await src.stop()
+            await dst.stop()
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"# logs kept in {work}", flush=True)
+
+
+async def other_migration(work, pairs):
+    """Resume source A towards destination B, of another migration."""
+    (src_a, dst_a, proxy_a), (src_b, dst_b, proxy_b) = pairs
+    vms = [src_a, dst_a, src_b, dst_b]
+    for _, _, p in pairs:
+        p.break_links()
+    await states(vms, "postcopy-paused")
+
+    starts = [len(vm.history) for vm in (src_a, dst_b)]
+    await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
+                    resume=True)
+    for vm, start in zip((src_a, dst_b), starts):
+        await vm.wait_sequence(start, ["postcopy-recover",
+                                       "postcopy-paused"])
+    want = ("Postcopy recovery refused by the destination: it is paused "
+            "in another migration than this source's")
+    desc = (await src_a.cmd("query-migrate")).get("error-desc")
+    if desc != want:
+        raise DemoError(f"source-a: error-desc {desc!r}")
+    with open(dst_b.log_path, errors="replace") as f:
+        if "refused a connection: it comes from another migration" \
+                not in f.read():
+            raise DemoError("dest-b did not log the refusal")
+
+    await src_a.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_a.port}",
+                    resume=True)
+    await src_b.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy_b.port}",
+                    resume=True)
+    await states(vms, "postcopy-active", bad=("failed",))
+    pages = await complete_and_check(
+        src_a, dst_a, os.path.join(work, "dest-a-memory"))
+    pages += await complete_and_check(
+        src_b, dst_b, os.path.join(work, "dest-b-memory"))
+    return f"refused with the expected errors; {pages} pages verified"
 
 
 class FakeDestination:
@@ -286,71 +226,54 @@ def rp_recv_bitmap(block, size=None, body=b"", end=None):
     return msg
 
 
-async def fake_destination_case(qemu, verbose):
+async def fake_destination(work, pairs):
     """Bad return-path input during a recovery: a clear error, no loss."""
-    tl = Timeline()
-    if not verbose:
-        tl.log = lambda who, what: None
-    work = tempfile.mkdtemp(prefix="postcopy-wire-")
-    vms, proxies = [], []
-    ok = False
-    try:
-        src, dst, proxy = await pair(tl, work, qemu, "")
-        vms += [src, dst]
-        proxies.append(proxy)
-        proxy.break_links()
-        await states(vms, "postcopy-paused")
+    (src, dst, proxy), = pairs
+    vms = [src, dst]
+    proxy.break_links()
+    await states(vms, "postcopy-paused")
 
-        async def attempt(reply, want, close=False):
-            fake = FakeDestination(reply, close)
-            await fake.start()
-            start = len(src.history)
-            try:
-                await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.port}",
-                              resume=True)
-                await src.wait_sequence(start, ["postcopy-recover",
-                                                "postcopy-paused"])
-            finally:
-                await fake.stop()
-            desc = (await src.cmd("query-migrate")).get("error-desc", "")
-            if not desc.startswith(want):
-                raise DemoError(f"error-desc {desc!r}, expected {want!r}")
-            return desc
+    async def attempt(reply, want, close=False):
+        fake = FakeDestination(reply, close)
+        await fake.start()
+        start = len(src.history)
+        try:
+            await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.port}",
+                          resume=True)
+            await src.wait_sequence(start, ["postcopy-recover",
+                                            "postcopy-paused"])
+        finally:
+            await fake.stop()
+        desc = (await src.cmd("query-migrate")).get("error-desc", "")
+        if not desc.startswith(want):
+            raise DemoError(f"error-desc {desc!r}, expected {want!r}")
+        return desc
 
-        await attempt(rp_recv_bitmap(b"nosuch"),
-                      "Received bitmap of unknown RAMBlock 'nosuch'")
-        desc = await attempt(rp_recv_bitmap(b"pc.ram", 8),
-                             "Received bitmap of RAMBlock 'pc.ram': 8 "
-                             "bytes, expected ")
-        size = int(desc.rsplit(" ", 1)[1])
-        await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * (size // 2)),
-                      "Received bitmap of RAMBlock 'pc.ram' is truncated",
-                      close=True)
-        await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * size, 0),
-                      "Received bitmap of RAMBlock 'pc.ram' has no end mark "
-                      "(0x0)")
-        await attempt(rp_message(6, struct.pack(">I", 1)),    # RESUME_ACK
-                      "RESUME_ACK before the source sent POSTCOPY_RESUME")
-        await attempt(rp_message(0x63, b""),
-                      "RP: Received invalid message 0x0063 length 0x0000")
-        if dst.state != "postcopy-paused":
-            raise DemoError(f"destination is '{dst.state}'")
+    await attempt(rp_recv_bitmap(b"nosuch"),
+                  "Received bitmap of unknown RAMBlock 'nosuch'")
+    desc = await attempt(rp_recv_bitmap(b"pc.ram", 8),
+                         "Received bitmap of RAMBlock 'pc.ram': 8 "
+                         "bytes, expected ")
+    size = int(desc.rsplit(" ", 1)[1])
+    await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * (size // 2)),
+                  "Received bitmap of RAMBlock 'pc.ram' is truncated",
+                  close=True)
+    await attempt(rp_recv_bitmap(b"pc.ram", size, b"\xff" * size, 0),
+                  "Received bitmap of RAMBlock 'pc.ram' has no end mark "
+                  "(0x0)")
+    await attempt(rp_message(6, struct.pack(">I", 1)),    # RESUME_ACK
+                  "RESUME_ACK before the source sent POSTCOPY_RESUME")
+    await attempt(rp_message(0x63, b""),
+                  "RP: Received invalid message 0x0063 length 0x0000")
+    if dst.state != "postcopy-paused":
+        raise DemoError(f"destination is '{dst.state}'")
 
-        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
-                      resume=True)
-        await states(vms, "postcopy-active", bad=("failed",))
-        pages = await complete(src, dst, work)
-        ok = True
-        return f"6 bad replies, each a precise error; {pages} pages verified"
-    finally:
-        for p in proxies:
-            await p.close()
-        for vm in vms:
-            await vm.stop()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"# logs kept in {work}", flush=True)
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                  resume=True)
+    await states(vms, "postcopy-active", bad=("failed",))
+    pages = await complete_and_check(src, dst,
+                                     os.path.join(work, "dest-memory"))
+    return f"6 bad replies, each a precise error; {pages} pages verified"
 
 
 def main():
@@ -381,9 +304,11 @@ def main():
             continue
         try:
             if name.startswith("/identity/"):
-                what = asyncio.run(other_migration_case(src, args.verbose))
+                what = asyncio.run(with_pairs(src, args.verbose, ("-a", "-b"),
+                                              other_migration))
             elif name.startswith("/wire/"):
-                what = asyncio.run(fake_destination_case(src, args.verbose))
+                what = asyncio.run(with_pairs(src, args.verbose, ("",),
+                                              fake_destination))
             else:
                 what = asyncio.run(one_case(src, dst, preempt, args.verbose,
                                             oob=name.startswith("/qmp-oob/")))

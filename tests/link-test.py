@@ -17,6 +17,9 @@ completes, and checks the guest memory on the destination page by page.
                              timeouts detect it
   /link/healthy/slow         max-postcopy-bandwidth of 4 KiB/s and a
                              1 s limit: the migration never pauses
+  /link/healthy/slow-network  postcopy at full speed into a network
+                             limited to 2 Mbit/s by tc (namespaces): the
+                             heartbeat must not queue behind the pages
 
 The namespace cases need root, ip(8) and nft(8); where they are missing
 they are reported as skipped, with the reason.  Prints TAP; each result
@@ -35,8 +38,8 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    MEM_END, MEM_START, DemoError, ExecuteError, Proxy, Timeline, Vm,
-    check_guest_memory, free_port, wait_serial, write_bootsect)
+    DemoError, ExecuteError, Proxy, Timeline, Vm, complete_and_check,
+    enter_postcopy, free_port, states, wait_serial, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
@@ -64,7 +67,7 @@ class Namespaces:
     def __init__(self):
         if os.geteuid() != 0:
             raise Skip("needs root for network namespaces")
-        for tool in ("ip", "nft"):
+        for tool in ("ip", "nft", "tc"):
             if not shutil.which(tool):
                 raise Skip(f"{tool} is not installed")
         self.up = False
@@ -106,6 +109,18 @@ class Namespaces:
             sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet",
                "pclink")
 
+    def shape(self, rate):
+        """Limit the link to @rate (tc syntax) in both directions."""
+        for ns, dev in ((NS_SRC, "pclink0"), (NS_DST, "pclink1")):
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev,
+               "root", "tbf", "rate", rate, "burst", "32kb", "latency",
+               "400ms")
+
+    def unshape(self):
+        for ns, dev in ((NS_SRC, "pclink0"), (NS_DST, "pclink1")):
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev,
+               "root")
+
     def cleanup(self):
         for ns in (NS_SRC, NS_DST):
             subprocess.run(["ip", "netns", "del", ns],
@@ -113,13 +128,6 @@ class Namespaces:
 
     def __exit__(self, *exc):
         self.cleanup()
-
-
-async def states(vms, goal, bad=("failed", "completed"), timeout=120.0):
-    for vm in vms:
-        st = await vm.wait_state([goal] + list(bad), timeout=timeout)
-        if st != goal:
-            raise DemoError(f"{vm.name} reached '{st}', expected '{goal}'")
 
 
 async def paused_after(vm, t0):
@@ -139,43 +147,10 @@ def log_has(vm, text):
 async def start_postcopy(src, dst, uri, limit_ms, limit_on,
                          bandwidth=1 << 20):
     """Migrate until the guest runs on @dst; set the limit on @limit_on."""
-    for vm in (src, dst):
-        await vm.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True}])
     for vm in limit_on:
         await vm.cmd("migrate-set-parameters",
                      **{"postcopy-link-timeout": limit_ms})
-    # Precopy must not converge, postcopy must not end before the failure
-    await src.cmd("migrate-set-parameters",
-                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
-                     "max-postcopy-bandwidth": bandwidth})
-    await src.cmd("migrate", uri=uri)
-    await src.wait_state(["active"])
-    for _ in range(600):
-        info = await src.cmd("query-migrate")
-        if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise DemoError("precopy made no full pass")
-    await src.cmd("migrate-start-postcopy")
-    await states((src, dst), "postcopy-active")
-    # Until the guest runs on the destination, a failure is not postcopy's
-    await dst.wait_running()
-
-
-async def finish(src, dst, work):
-    await src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
-    await states((src, dst), "completed", bad=("failed",))
-    await dst.cmd("stop")
-    dump = os.path.join(work, "dest-memory")
-    await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
-                  filename=dump)
-    pages, bad = check_guest_memory(dump)
-    if bad:
-        raise DemoError(f"{len(bad)} of {pages} pages wrong, first at "
-                        f"0x{bad[0][0]:x}")
-    return pages
+    await enter_postcopy(src, dst, uri, postcopy_bw=bandwidth)
 
 
 async def check_source_reason(src):
@@ -232,7 +207,8 @@ async def black_hole(work, tl, src_bin, dst_bin, ours):
 
         await src.cmd("migrate", uri=uri, resume=True)
         await states((src, dst), "postcopy-active", bad=("failed",))
-        pages = await finish(src, dst, work)
+        pages = await complete_and_check(
+            src, dst, os.path.join(work, "dest-memory"))
         return "; ".join(figures) + f"; {pages} pages verified"
     finally:
         await proxy.close()
@@ -280,7 +256,8 @@ async def netns_drop(work, tl, src_bin, dst_bin, ours):
 
             await src.cmd("migrate", uri=uri, resume=True)
             await states((src, dst), "postcopy-active", bad=("failed",))
-            pages = await finish(src, dst, work)
+            pages = await complete_and_check(
+                src, dst, os.path.join(work, "dest-memory"))
             return "; ".join(figures) + f"; {pages} pages verified"
         finally:
             for vm in (src, dst):
@@ -319,7 +296,8 @@ async def healthy(work, tl, src_bin, dst_bin, ours):
             await asyncio.sleep(0.2)
         info = await src.cmd("query-migrate")
         sent = info["ram"]["transferred"]
-        pages = await finish(src, dst, work)
+        pages = await complete_and_check(
+            src, dst, os.path.join(work, "dest-memory"))
         for vm in (src, dst):
             if any(st == "postcopy-paused" for _, st in vm.history):
                 raise DemoError(f"{vm.name} paused on a healthy link")
@@ -328,6 +306,49 @@ async def healthy(work, tl, src_bin, dst_bin, ours):
     finally:
         for vm in (src, dst):
             await vm.stop()
+
+
+async def slow_network(work, tl, src_bin, dst_bin, ours):
+    """A healthy but slow network, postcopy at full speed over it."""
+    # The default limit: a link this slow may stall for seconds at times
+    rate, limit_ms, watch = "256kbit", 10000, 15.0
+    with Namespaces() as ns:
+        bootsect = os.path.join(work, "bootsect")
+        dport = free_port()
+        uri = f"tcp:{ADDR_DST}:{dport}"
+        dst = Vm("dest", dst_bin, work, tl, ["-incoming", uri],
+                 wrapper=ns.wrap(NS_DST))
+        src = Vm("source", src_bin, work, tl, [], wrapper=ns.wrap(NS_SRC))
+        try:
+            await dst.start(bootsect)
+            await src.start(bootsect)
+            await wait_serial(src.serial)
+            await start_postcopy(src, dst, uri, limit_ms, (src, dst),
+                                 bandwidth=0)
+            # Unlimited postcopy into a 2 Mbit/s link: the socket buffers
+            # fill up, and the heartbeat must not wait behind them
+            ns.shape(rate)
+            sent0 = (await src.cmd("query-migrate"))["ram"]["transferred"]
+            deadline = time.monotonic() + watch
+            while time.monotonic() < deadline:
+                for vm in (src, dst):
+                    if vm.state != "postcopy-active":
+                        raise DemoError(f"{vm.name} went '{vm.state}' on a "
+                                        f"slow healthy link")
+                await asyncio.sleep(0.2)
+            sent = (await src.cmd("query-migrate"))["ram"]["transferred"]
+            ns.unshape()
+            pages = await complete_and_check(
+                src, dst, os.path.join(work, "dest-memory"))
+            for vm in (src, dst):
+                if any(st == "postcopy-paused" for _, st in vm.history):
+                    raise DemoError(f"{vm.name} paused on a healthy link")
+            return (f"no pause in {watch:.0f} s at {rate}/s with a "
+                    f"{limit_ms / 1000:.0f} s limit ({sent - sent0} bytes "
+                    f"sent meanwhile); {pages} pages verified")
+        finally:
+            for vm in (src, dst):
+                await vm.stop()
 
 
 def main():
@@ -343,6 +364,7 @@ def main():
         ("/link/netns-drop/ours", netns_drop, args.ours, args.ours),
         ("/link/netns-drop/ref-to-ours", netns_drop, args.ref, args.ours),
         ("/link/healthy/slow", healthy, args.ours, args.ours),
+        ("/link/healthy/slow-network", slow_network, args.ours, args.ours),
     ]
     print(f"1..{len(cases)}")
     failed = 0
