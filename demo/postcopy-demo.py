@@ -33,9 +33,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from postcopy_harness import (  # noqa: E402
-    TREE, MEM_START, MEM_END, QMP_TIMEOUT, STATE_TIMEOUT, DemoError, Timeline,
-    Vm, ExecuteError, check_guest_memory, free_port, is_listening,
-    wait_serial, write_bootsect)
+    TREE, MEM_START, MEM_END, QMP_TIMEOUT, DemoError, Timeline, Vm,
+    ExecuteError, check_guest_memory, enter_postcopy, free_port,
+    is_listening, wait_serial, write_bootsect)
 
 
 async def run(args):
@@ -70,32 +70,11 @@ async def run(args):
                 raise DemoError("socat bridge does not listen")
             await asyncio.sleep(0.05)
 
-        for vm in (src, dst):
-            await vm.cmd("migrate-set-capabilities", capabilities=[
-                {"capability": "postcopy-ram", "state": True}])
-        # Slow postcopy down so that the failure lands in the middle of it.
-        await src.cmd("migrate-set-parameters",
-                      **{"max-postcopy-bandwidth": args.postcopy_bw})
-
-        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{bport}")
-        tl.log("demo", "migrate: through the bridge")
-        await src.wait_state(["active"])
-        # One full pass of precopy, then switch to postcopy.
-        deadline = time.monotonic() + STATE_TIMEOUT
-        while True:
-            info = await src.cmd("query-migrate")
-            if info.get("ram", {}).get("dirty-sync-count", 0) >= 2:
-                break
-            if info.get("status") not in ("active", "setup"):
-                raise DemoError(f"precopy ended: {info.get('status')}")
-            if time.monotonic() > deadline:
-                raise DemoError("precopy made no full pass")
-            await asyncio.sleep(0.1)
-        await src.cmd("migrate-start-postcopy")
-        tl.log("demo", "migrate-start-postcopy")
-        await src.wait_state(["postcopy-active"])
-        await dst.wait_state(["postcopy-active"])
-        await dst.wait_running()
+        # One full pass of precopy through the bridge, then postcopy,
+        # slowed down so that the failure lands in the middle of it.
+        tl.log("demo", "migrate through the bridge")
+        await enter_postcopy(src, dst, f"tcp:127.0.0.1:{bport}",
+                             postcopy_bw=args.postcopy_bw)
         tl.log("dest", "the guest runs here now")
         await asyncio.sleep(args.fail_after)
 
