@@ -109,17 +109,20 @@ def check_guest_memory(path):
 
 
 class Proxy:
-    """Forward 127.0.0.1:port to host:target; break or stall links.
+    """Forward 127.0.0.1:port to host:target; break, stall or drop links.
 
     A broken link is reset (RST to both peers).  A stalled link stops
     forwarding in both directions but stays open: a black hole, as when a
-    cable is pulled, that only a timeout can detect.
+    cable is pulled, that only a timeout can detect.  A link that drops
+    one direction reads on and throws away what it reads there, even the
+    end of the connection.
     """
 
     def __init__(self, target, host="127.0.0.1"):
         self.target = target
         self.host = host
         self.links = []          # (writer, target writer, flowing event)
+        self.dropping = []       # per link: directions dropped (see drop)
         self.server = None
         self.port = None
 
@@ -136,22 +139,30 @@ class Proxy:
             return
         flowing = asyncio.Event()
         flowing.set()
+        dropped = set()
         self.links.append((writer, twriter, flowing))
+        self.dropping.append(dropped)
         try:
-            await asyncio.gather(self._pump(reader, twriter, flowing),
-                                 self._pump(treader, writer, flowing))
+            await asyncio.gather(
+                self._pump(reader, twriter, flowing, dropped, "to-target"),
+                self._pump(treader, writer, flowing, dropped, "to-client"))
         except asyncio.CancelledError:
             pass
 
     @staticmethod
-    async def _pump(reader, writer, flowing):
+    async def _pump(reader, writer, flowing, dropped, direction):
         try:
             while True:
                 await flowing.wait()
                 data = await reader.read(65536)
+                if not data and direction in dropped:
+                    # The close is lost too: the link only goes silent
+                    await asyncio.Event().wait()
                 if not data:
                     break
                 await flowing.wait()
+                if direction in dropped:
+                    continue
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
@@ -165,11 +176,18 @@ class Proxy:
             a.transport.abort()
             b.transport.abort()
         self.links = []
+        self.dropping = []
 
     def stall_links(self):
         """Stop forwarding on every current connection, without closing."""
         for _, _, flowing in self.links:
             flowing.clear()
+
+    def drop_links(self, direction):
+        """On every current connection, throw away what flows towards the
+        target ("to-target") or towards the client ("to-client")."""
+        for dropped in self.dropping:
+            dropped.add(direction)
 
     async def close(self):
         self.break_links()

@@ -23,15 +23,18 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import struct
 import sys
 import tempfile
+import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    DemoError, ExecuteError, Proxy, Timeline, Vm, complete_and_check,
-    enter_postcopy, free_port, states, wait_serial, write_bootsect)
+    QMP_TIMEOUT, STATE_TIMEOUT, DemoError, ExecuteError, Proxy, Timeline, Vm,
+    complete_and_check, enter_postcopy, free_port, states, wait_serial,
+    write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
@@ -85,21 +88,23 @@ async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
             print(f"# logs kept in {work}", flush=True)
 
 
-async def pair(tl, work, qemu, tag):
-    """A source and a destination, through a proxy, in postcopy-active."""
+async def pair(tl, work, qemu, tag, src_qemu=None, caps=(), src_extra=()):
+    """A source (@src_qemu, else @qemu, with the options @src_extra) and a
+    destination (@qemu), through a proxy, in postcopy-active with the
+    capabilities @caps."""
     bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
     write_bootsect(bootsect)
     dport = free_port()
     dst = Vm("dest" + tag, qemu, work, tl,
              ["-incoming", f"tcp:127.0.0.1:{dport}"])
-    src = Vm("source" + tag, qemu, work, tl, [])
+    src = Vm("source" + tag, src_qemu or qemu, work, tl, list(src_extra))
     proxy = Proxy(dport)
     try:
         await dst.start(bootsect)
         await src.start(bootsect)
         await wait_serial(src.serial)
         await proxy.start()
-        await enter_postcopy(src, dst, f"tcp:127.0.0.1:{proxy.port}")
+        await enter_postcopy(src, dst, f"tcp:127.0.0.1:{proxy.port}", caps)
     except BaseException:
         # The caller only cleans up what it got
         if proxy.server:
@@ -110,9 +115,10 @@ async def pair(tl, work, qemu, tag):
     return src, dst, proxy
 
 
-async def with_pairs(qemu, verbose, tags, body):
+async def with_pairs(qemu, verbose, tags, body, **options):
     """Run @body(work, pairs) on one migration in postcopy-active per tag
-    of @tags, each a (source, destination, proxy); clean up after it."""
+    of @tags, each a (source, destination, proxy); clean up after it.
+    @options go to pair()."""
     tl = Timeline()
     if not verbose:
         tl.log = lambda who, what: None
@@ -121,7 +127,7 @@ async def with_pairs(qemu, verbose, tags, body):
     ok = False
     try:
         for tag in tags:
-            pairs.append(await pair(tl, work, qemu, tag))
+            pairs.append(await pair(tl, work, qemu, tag, **options))
         result = await body(work, pairs)
         ok = True
         return result
@@ -276,11 +282,178 @@ async def fake_destination(work, pairs):
     return f"6 bad replies, each a precise error; {pages} pages verified"
 
 
+async def earlier_migration(ours, ref, verbose):
+    """A source of ours that migrated towards a destination of ours
+    before, which gave it an identity, migrates to a 7.2 destination: it
+    must not prove the old identity there, or the 7.2 QEMU fails the
+    recovery on a command it does not know."""
+    tl = Timeline()
+    if not verbose:
+        tl.log = lambda who, what: None
+    work = tempfile.mkdtemp(prefix="postcopy-earlier-")
+    bootsect = os.path.join(work, "bootsect")
+    write_bootsect(bootsect)
+    first, second = free_port(), free_port()
+    dst_ours = Vm("dest-ours", ours, work, tl,
+                  ["-incoming", f"tcp:127.0.0.1:{first}"])
+    dst_ref = Vm("dest-ref", ref, work, tl,
+                 ["-incoming", f"tcp:127.0.0.1:{second}"])
+    src = Vm("source", ours, work, tl, ["-trace", "postcopy_recovery_id"])
+    proxy = Proxy(second)
+    vms = (src, dst_ours, dst_ref)
+    ok = False
+    try:
+        for vm in vms:
+            await vm.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+
+        # A first migration, cancelled once the identity arrived
+        for vm in (src, dst_ours):
+            await vm.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "postcopy-ram", "state": True}])
+        await src.cmd("migrate-set-parameters",
+                      **{"max-bandwidth": 1000000})
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{first}")
+        deadline = time.monotonic() + STATE_TIMEOUT
+        while not log_has(src, "postcopy_recovery_id source: identity 1"):
+            if time.monotonic() > deadline:
+                raise DemoError("the first destination gave no identity")
+            await asyncio.sleep(0.05)
+        await src.cmd("migrate_cancel")
+        await states([src], "cancelled", bad=("failed", "completed"))
+        await dst_ours.stop()
+
+        # The second, to a 7.2 QEMU, with a recovery
+        await enter_postcopy(src, dst_ref, f"tcp:127.0.0.1:{proxy.port}")
+        proxy.break_links()
+        await states([src, dst_ref], "postcopy-paused")
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                      resume=True)
+        await states([src, dst_ref], "postcopy-active", bad=("failed",))
+        pages = await complete_and_check(src, dst_ref,
+                                         os.path.join(work, "dest-memory"))
+        ok = True
+        return f"recovered towards 7.2; {pages} pages verified"
+    finally:
+        await proxy.close()
+        for vm in vms:
+            await vm.stop()
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# logs kept in {work}", flush=True)
+
+
+async def late_preempt_channel(work, pairs):
+    """A recovery attempt fails while its preempt channel still connects;
+    that channel, set up after the next attempt succeeded, is closed
+    instead of replacing the next attempt's own."""
+    (src, dst, proxy), = pairs
+    proxy.break_links()
+    await states([src, dst], "postcopy-paused")
+
+    # A destination whose accept queue is full after the main channel: the
+    # kernel drops the preempt channel's SYN until the test accepts
+    fake = socket.socket()
+    fake.bind(("127.0.0.1", 0))
+    fake.listen(0)
+    fake.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        start = len(src.history)
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.getsockname()[1]}",
+                      resume=True)
+        await src.wait_sequence(start, ["postcopy-recover"])
+        main, _ = await asyncio.wait_for(loop.sock_accept(fake), QMP_TIMEOUT)
+        main.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+        main.close()                                # reset
+        await src.wait_sequence(start, ["postcopy-recover",
+                                        "postcopy-paused"])
+
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                      resume=True)
+        await states([src, dst], "postcopy-active", bad=("failed",))
+        # The SYN retransmitted a second later gets through now
+        late, _ = await asyncio.wait_for(loop.sock_accept(fake),
+                                         STATE_TIMEOUT)
+        late.setblocking(False)
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(late, 65536),
+                                          QMP_TIMEOUT)
+        finally:
+            late.close()
+        if data:
+            raise DemoError("the source sent data on the late preempt "
+                            "channel")
+    finally:
+        fake.close()
+    if not log_has(src, "postcopy_recovery_source_preempt_stale attempt 1, "
+                   "current 2"):
+        raise DemoError("the source did not drop the late preempt channel")
+    pages = await complete_and_check(src, dst,
+                                     os.path.join(work, "dest-memory"))
+    return f"late preempt channel closed; {pages} pages verified"
+
+
+def command(cmd, payload=b""):
+    """A QEMU_VM_COMMAND of the main channel"""
+    return struct.pack(">BHH", 8, cmd, len(payload)) + payload
+
+
+def log_has(vm, text):
+    with open(vm.log_path, errors="replace") as f:
+        return text in f.read()
+
+
+async def fake_source(work, pairs):
+    """Bad commands on the destination's recovery port: a clear error, no
+    loss.  The source is a 7.2 QEMU, which has no identity to prove."""
+    (src, dst, proxy), = pairs
+    proxy.break_links()
+    await states([src, dst], "postcopy-paused")
+
+    async def attempt(stream, seq, want):
+        start = len(dst.history)
+        reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                       proxy.port)
+        try:
+            writer.write(stream)
+            await writer.drain()
+            await dst.wait_sequence(start, seq)
+        finally:
+            writer.transport.abort()
+        if not log_has(dst, want):
+            raise DemoError(f"destination did not log {want!r}")
+
+    recv_bitmap, resume = 10, 9                  # MIG_CMD_*
+    await attempt(command(recv_bitmap, b"\x06nosuch"),
+                  ["postcopy-recover", "postcopy-paused"],
+                  "RECV_BITMAP for unknown RAMBlock 'nosuch'")
+    # The first resume is right, the second comes in postcopy-active
+    await attempt(command(resume) + command(resume),
+                  ["postcopy-recover", "postcopy-active", "postcopy-paused"],
+                  "POSTCOPY_RESUME while the destination is "
+                  "'postcopy-active'")
+    if src.state != "postcopy-paused":
+        raise DemoError(f"source is '{src.state}'")
+
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                  resume=True)
+    await states([src, dst], "postcopy-active", bad=("failed",))
+    pages = await complete_and_check(src, dst,
+                                     os.path.join(work, "dest-memory"))
+    return f"2 bad recoveries, each a precise error; {pages} pages verified"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", default=OURS)
     ap.add_argument("--ref", default=REF)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-p", "--prefix", default="",
+                    help="run only the cases whose name starts with this")
     args = ap.parse_args()
 
     cases = []
@@ -293,8 +466,15 @@ def main():
     cases.append(("/qmp-oob/pause-recover", args.ours, args.ours, False))
     # Not interop: a source resumes towards another migration's destination
     cases.append(("/identity/other-migration", args.ours, args.ours, False))
+    # Our source, which had an identity from an earlier migration, to 7.2
+    cases.append(("/identity/earlier-migration", args.ours, args.ref, False))
+    # Not interop: a recovery attempt's preempt channel connects too late
+    cases.append(("/wire/late-preempt-channel", args.ours, args.ours, True))
     # Not interop: a fake destination answers the source's recovery badly
     cases.append(("/wire/fake-destination", args.ours, args.ours, False))
+    # A fake source tries to recover a 7.2 source's migration to ours
+    cases.append(("/wire/fake-source", args.ref, args.ours, False))
+    cases = [c for c in cases if c[0].startswith(args.prefix)]
     print(f"1..{len(cases)}")
     failed = 0
     for i, (name, src, dst, preempt) in enumerate(cases, 1):
@@ -303,12 +483,23 @@ def main():
             failed += 1
             continue
         try:
-            if name.startswith("/identity/"):
+            if name == "/identity/earlier-migration":
+                what = asyncio.run(earlier_migration(src, dst, args.verbose))
+            elif name.startswith("/identity/"):
                 what = asyncio.run(with_pairs(src, args.verbose, ("-a", "-b"),
                                               other_migration))
-            elif name.startswith("/wire/"):
-                what = asyncio.run(with_pairs(src, args.verbose, ("",),
+            elif name == "/wire/fake-destination":
+                what = asyncio.run(with_pairs(dst, args.verbose, ("",),
                                               fake_destination))
+            elif name == "/wire/late-preempt-channel":
+                what = asyncio.run(with_pairs(
+                    dst, args.verbose, ("",), late_preempt_channel,
+                    caps=("postcopy-preempt",),
+                    src_extra=("-trace",
+                               "postcopy_recovery_source_preempt_stale")))
+            elif name == "/wire/fake-source":
+                what = asyncio.run(with_pairs(dst, args.verbose, ("",),
+                                              fake_source, src_qemu=src))
             else:
                 what = asyncio.run(one_case(src, dst, preempt, args.verbose,
                                             oob=name.startswith("/qmp-oob/")))

@@ -18,8 +18,16 @@ completes, and checks the guest memory on the destination page by page.
   /link/healthy/slow         max-postcopy-bandwidth of 4 KiB/s and a
                              1 s limit: the migration never pauses
   /link/healthy/slow-network  postcopy at full speed into a network
-                             limited to 2 Mbit/s by tc (namespaces): the
+                             limited to 256 kbit/s by tc (namespaces): the
                              heartbeat must not queue behind the pages
+  /link/completion/end-lost  the source sends its last pages and the end
+                             of the stream, which the link loses: both
+                             sides pause instead of failing, and the
+                             recovery sends again what was lost
+  /link/completion/end-lost/preempt  the same with postcopy-preempt
+  /link/completion/shut-lost  the destination completes, its SHUT is lost:
+                             the source pauses rather than wait forever,
+                             and can be cancelled
 
 The namespace cases need root, ip(8) and nft(8); where they are missing
 they are reported as skipped, with the reason.  Prints TAP; each result
@@ -38,8 +46,9 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    DemoError, ExecuteError, Proxy, Timeline, Vm, complete_and_check,
-    enter_postcopy, free_port, states, wait_serial, write_bootsect)
+    MEM_END, MEM_START, DemoError, ExecuteError, Proxy, Timeline, Vm,
+    check_guest_memory, complete_and_check, enter_postcopy, free_port,
+    states, wait_serial, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
@@ -325,7 +334,7 @@ async def slow_network(work, tl, src_bin, dst_bin, ours):
             await wait_serial(src.serial)
             await start_postcopy(src, dst, uri, limit_ms, (src, dst),
                                  bandwidth=0)
-            # Unlimited postcopy into a 2 Mbit/s link: the socket buffers
+            # Unlimited postcopy into a 256 kbit/s link: the socket buffers
             # fill up, and the heartbeat must not wait behind them
             ns.shape(rate)
             sent0 = (await src.cmd("query-migrate"))["ram"]["transferred"]
@@ -351,11 +360,87 @@ async def slow_network(work, tl, src_bin, dst_bin, ours):
                 await vm.stop()
 
 
+async def completion(work, tl, src_bin, dst_bin, ours, lost, caps=()):
+    """A link failure after the source sent the end of the stream.
+
+    The proxy throws away what flows one way (@lost: "to-target" loses the
+    source's last pages and the end of the stream, "to-client" the
+    destination's SHUT), then postcopy runs at full speed, so that the
+    source sends everything and waits for the destination's SHUT.
+    """
+    # Long enough for the source to send everything first
+    limit_ms = 5000
+    bootsect = os.path.join(work, "bootsect")
+    dport = free_port()
+    dst = Vm("dest", dst_bin, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source", src_bin, work, tl, [])
+    proxy = Proxy(dport)
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        for vm in (src, dst):
+            await vm.cmd("migrate-set-parameters",
+                         **{"postcopy-link-timeout": limit_ms})
+        await enter_postcopy(src, dst, uri, caps=caps)
+
+        t0 = tl.now()
+        proxy.drop_links(lost)
+        await src.cmd("migrate-set-parameters",
+                      **{"max-postcopy-bandwidth": 0})
+        took_src = await paused_after(src, t0)
+        # Nothing left to send: the source was completing when it paused
+        remaining = (await src.cmd("query-migrate"))["ram"]["remaining"]
+        if remaining:
+            raise DemoError(f"the source paused with {remaining} bytes "
+                            f"still to send, before it completed")
+        desc = (await src.cmd("query-migrate")).get("error-desc", "")
+        if not desc.startswith(("Postcopy link dead: nothing received",
+                                "Postcopy migration: a channel failed before "
+                                "the destination confirmed that it "
+                                "completed")):
+            raise DemoError(f"source error-desc is {desc!r}")
+        figure = f"source paused {took_src:.2f} s after the loss"
+
+        if lost == "to-client":
+            # The destination has everything; only the source cannot know
+            await states([dst], "completed", bad=("failed",))
+            await dst.cmd("stop")
+            dump = os.path.join(work, "dest-memory")
+            await dst.cmd("pmemsave", val=MEM_START,
+                          size=MEM_END - MEM_START, filename=dump)
+            pages, bad = check_guest_memory(dump)
+            if bad:
+                raise DemoError(f"{len(bad)} of {pages} pages wrong")
+            await src.cmd("migrate_cancel")
+            await states([src], "cancelled", bad=("failed", "completed"))
+            return (f"{figure}, destination completed; source cancelled; "
+                    f"{pages} pages verified")
+
+        took_dst = await paused_after(dst, t0)
+        proxy.break_links()
+        await src.cmd("migrate", uri=uri, resume=True)
+        await states((src, dst), "postcopy-active", bad=("failed",))
+        pages = await complete_and_check(
+            src, dst, os.path.join(work, "dest-memory"))
+        return (f"{figure}, destination {took_dst:.2f} s; recovered; "
+                f"{pages} pages verified")
+    finally:
+        await proxy.close()
+        for vm in (src, dst):
+            await vm.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", default=OURS)
     ap.add_argument("--ref", default=REF)
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-p", "--prefix", default="",
+                    help="run only the cases whose name starts with this")
     args = ap.parse_args()
 
     cases = [
@@ -365,10 +450,17 @@ def main():
         ("/link/netns-drop/ref-to-ours", netns_drop, args.ref, args.ours),
         ("/link/healthy/slow", healthy, args.ours, args.ours),
         ("/link/healthy/slow-network", slow_network, args.ours, args.ours),
+        ("/link/completion/end-lost", completion, args.ours, args.ours,
+         "to-target"),
+        ("/link/completion/end-lost/preempt", completion, args.ours,
+         args.ours, "to-target", ("postcopy-preempt",)),
+        ("/link/completion/shut-lost", completion, args.ours, args.ours,
+         "to-client"),
     ]
+    cases = [c for c in cases if c[0].startswith(args.prefix)]
     print(f"1..{len(cases)}")
     failed = 0
-    for i, (name, fn, src, dst) in enumerate(cases, 1):
+    for i, (name, fn, src, dst, *extra) in enumerate(cases, 1):
         if not os.access(src, os.X_OK) or not os.access(dst, os.X_OK):
             print(f"not ok {i} {name} # QEMU missing: {src} or {dst}")
             failed += 1
@@ -380,7 +472,7 @@ def main():
         write_bootsect(os.path.join(work, "bootsect"))
         ok = False
         try:
-            what = asyncio.run(fn(work, tl, src, dst, args.ours))
+            what = asyncio.run(fn(work, tl, src, dst, args.ours, *extra))
             print(f"ok {i} {name} # {what}", flush=True)
             ok = True
         except Skip as e:
