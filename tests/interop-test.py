@@ -15,7 +15,14 @@ recover and complete.  Then a fake destination answers a source's
 recovery with bad return-path messages (received bitmaps of an unknown
 RAMBlock, of a wrong size, truncated, without end mark; RESUME_ACK out
 of turn; an unknown message): each gets a precise error in query-migrate
-and leaves the source paused, and the migration still completes.
+and leaves the source paused, and the migration still completes.  A fake
+source sends a destination bad recovery commands (a bitmap request for
+an unknown RAMBlock; POSTCOPY_RESUME in postcopy-active): each is logged
+with a precise error and the destination pauses again.  A source that
+got an identity from a destination of ours, in a migration it then
+cancelled, recovers a later migration towards a 7.2 destination.  A
+recovery attempt fails while its preempt channel still connects: the
+channel, which connects after the next attempt succeeded, is closed.
 Prints TAP.
 """
 
