@@ -6,11 +6,16 @@ for states with a time limit, and checks the guest memory written by
 QEMU's a-b boot block.
 """
 
+import argparse
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -413,3 +418,93 @@ async def complete_and_check(src, dst, dump):
         raise DemoError(f"{dst.name}: {len(bad)} of {pages} pages wrong, "
                         f"first at 0x{bad[0][0]:x}")
     return pages
+
+
+async def resume_and_complete(src, dst, uri, dump):
+    """Resume the paused migration of @src towards @uri, wait until both
+    sides are postcopy-active again, then complete it and check the guest
+    memory as complete_and_check() does.  Returns the pages checked."""
+    await src.cmd("migrate", uri=uri, resume=True)
+    await states((src, dst), "postcopy-active", bad=("failed",))
+    return await complete_and_check(src, dst, dump)
+
+
+@contextlib.asynccontextmanager
+async def proxied_pair(work, tl, src_bin, dst_bin, tag="", src_extra=()):
+    """A source and a destination QEMU, the guest running on the source,
+    and a Proxy to the destination's incoming port: yields (source,
+    destination, proxy), and stops them all when done.  @tag tells the
+    QEMUs of several pairs apart; @src_extra are more source options."""
+    bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
+    write_bootsect(bootsect)
+    dport = free_port()
+    dst = Vm("dest" + tag, dst_bin, work, tl,
+             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+    src = Vm("source" + tag, src_bin, work, tl, list(src_extra))
+    proxy = Proxy(dport)
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        await proxy.start()
+        yield src, dst, proxy
+    finally:
+        if proxy.server:
+            await proxy.close()
+        for vm in (src, dst):
+            await vm.stop()
+
+
+def test_options(doc, ours, ref):
+    """The command line of the project's Python test suites."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--ours", default=ours, help="the QEMU with the series")
+    ap.add_argument("--ref", default=ref, help="the unmodified QEMU 7.2")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-p", "--prefix", default="",
+                    help="run only the cases whose name starts with this")
+    return ap.parse_args()
+
+
+def run_tap(cases, verbose, prefix="", need=(), skip=()):
+    """Run the @cases whose name starts with @prefix and print TAP.
+
+    A case is (name, coroutine function, arguments...): the function gets
+    a fresh work directory and a Timeline (printed if @verbose) before
+    the arguments, and returns the comment of its TAP line.  Every case
+    needs the executables @need; an exception of the classes @skip skips
+    it.  The work directory of a failed case is kept.  Returns the exit
+    status.
+    """
+    cases = [c for c in cases if c[0].startswith(prefix)]
+    print(f"1..{len(cases)}")
+    failed = 0
+    for i, (name, fn, *params) in enumerate(cases, 1):
+        tl = Timeline()
+        if not verbose:
+            tl.log = lambda who, what: None
+        work = tempfile.mkdtemp(prefix="postcopy-test-")
+        ok = True
+        try:
+            missing = [q for q in need if not os.access(q, os.X_OK)]
+            if missing:
+                raise DemoError(f"QEMU missing: {', '.join(missing)}")
+            what = asyncio.run(fn(work, tl, *params))
+            print(f"ok {i} {name} # {what}", flush=True)
+        except skip as e:
+            print(f"ok {i} {name} # SKIP {e}", flush=True)
+        except (DemoError, ExecuteError, OSError,
+                subprocess.CalledProcessError) as e:
+            print(f"not ok {i} {name} # {e}", flush=True)
+            ok = False
+            failed += 1
+        except Exception as e:      # a bug of the test: fail, go on
+            print(f"not ok {i} {name} # {type(e).__name__}: {e}",
+                  flush=True)
+            ok = False
+            failed += 1
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"# logs kept in {work}", flush=True)
+    return 1 if failed else 0

@@ -26,45 +26,27 @@ channel, which connects after the next attempt succeeded, is closed.
 Prints TAP.
 """
 
-import argparse
 import asyncio
+import contextlib
 import os
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    QMP_TIMEOUT, STATE_TIMEOUT, DemoError, ExecuteError, Proxy, Timeline, Vm,
-    complete_and_check, enter_postcopy, free_port, states, wait_serial,
-    write_bootsect)
+    QMP_TIMEOUT, STATE_TIMEOUT, complete_and_check, DemoError, enter_postcopy,
+    free_port, proxied_pair, resume_and_complete, run_tap, states,
+    test_options, Vm)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
 
 
-async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
-    tl = Timeline()
-    if not verbose:
-        tl.log = lambda who, what: None
-    work = tempfile.mkdtemp(prefix="postcopy-interop-")
-    bootsect = os.path.join(work, "bootsect")
-    write_bootsect(bootsect)
-    dport = free_port()
-    dst = Vm("dest", dst_bin, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"])
-    src = Vm("source", src_bin, work, tl, [])
-    proxy = Proxy(dport)
-    ok = False
-    try:
-        await dst.start(bootsect)
-        await src.start(bootsect)
-        await wait_serial(src.serial)
-        await proxy.start()
+async def one_case(work, tl, src_bin, dst_bin, preempt, oob=False):
+    async with proxied_pair(work, tl, src_bin, dst_bin) as (src, dst, proxy):
         uri = f"tcp:127.0.0.1:{proxy.port}"
         await enter_postcopy(src, dst, uri,
                              caps=("postcopy-preempt",) if preempt else ())
@@ -79,74 +61,28 @@ async def one_case(src_bin, dst_bin, preempt, verbose, oob=False):
             proxy.break_links()
             await states((src, dst), "postcopy-paused")
 
-        await src.cmd("migrate", uri=uri, resume=True)
-        await states((src, dst), "postcopy-active", bad=("failed",))
-        pages = await complete_and_check(src, dst,
-                                         os.path.join(work, "dest-memory"))
-        ok = True
+        pages = await resume_and_complete(
+            src, dst, uri,
+            os.path.join(work, "dest-memory"))
         return f"{pages} pages verified"
-    finally:
-        await proxy.close()
-        for vm in (src, dst):
-            await vm.stop()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"# logs kept in {work}", flush=True)
 
 
-async def pair(tl, work, qemu, tag, src_qemu=None, caps=(), src_extra=()):
-    """A source (@src_qemu, else @qemu, with the options @src_extra) and a
-    destination (@qemu), through a proxy, in postcopy-active with the
-    capabilities @caps."""
-    bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
-    write_bootsect(bootsect)
-    dport = free_port()
-    dst = Vm("dest" + tag, qemu, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"])
-    src = Vm("source" + tag, src_qemu or qemu, work, tl, list(src_extra))
-    proxy = Proxy(dport)
-    try:
-        await dst.start(bootsect)
-        await src.start(bootsect)
-        await wait_serial(src.serial)
-        await proxy.start()
-        await enter_postcopy(src, dst, f"tcp:127.0.0.1:{proxy.port}", caps)
-    except BaseException:
-        # The caller only cleans up what it got
-        if proxy.server:
-            await proxy.close()
-        for vm in (src, dst):
-            await vm.stop()
-        raise
-    return src, dst, proxy
-
-
-async def with_pairs(qemu, verbose, tags, body, **options):
+async def with_pairs(work, tl, qemu, tags, body, src_qemu=None, caps=(),
+                     src_extra=()):
     """Run @body(work, pairs) on one migration in postcopy-active per tag
-    of @tags, each a (source, destination, proxy); clean up after it.
-    @options go to pair()."""
-    tl = Timeline()
-    if not verbose:
-        tl.log = lambda who, what: None
-    work = tempfile.mkdtemp(prefix="postcopy-pairs-")
-    pairs = []
-    ok = False
-    try:
+    of @tags, each a (source, destination, proxy) through a proxy.  The
+    destinations run @qemu, the sources @src_qemu (else @qemu) with the
+    options @src_extra; @caps are the migrations' capabilities."""
+    async with contextlib.AsyncExitStack() as stack:
+        pairs = []
         for tag in tags:
-            pairs.append(await pair(tl, work, qemu, tag, **options))
-        result = await body(work, pairs)
-        ok = True
-        return result
-    finally:
-        for src, dst, proxy in pairs:
-            await proxy.close()
-            await src.stop()
-            await dst.stop()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"# logs kept in {work}", flush=True)
+            src, dst, proxy = await stack.enter_async_context(
+                proxied_pair(work, tl, src_qemu or qemu, qemu, tag,
+                             src_extra))
+            await enter_postcopy(src, dst, f"tcp:127.0.0.1:{proxy.port}",
+                                 caps)
+            pairs.append((src, dst, proxy))
+        return await body(work, pairs)
 
 
 async def other_migration(work, pairs):
@@ -289,67 +225,54 @@ async def fake_destination(work, pairs):
     return f"6 bad replies, each a precise error; {pages} pages verified"
 
 
-async def earlier_migration(ours, ref, verbose):
+async def earlier_migration(work, tl, ours, ref):
     """A source of ours that migrated towards a destination of ours
     before, which gave it an identity, migrates to a 7.2 destination: it
     must not prove the old identity there, or the 7.2 QEMU fails the
     recovery on a command it does not know."""
-    tl = Timeline()
-    if not verbose:
-        tl.log = lambda who, what: None
-    work = tempfile.mkdtemp(prefix="postcopy-earlier-")
-    bootsect = os.path.join(work, "bootsect")
-    write_bootsect(bootsect)
-    first, second = free_port(), free_port()
-    dst_ours = Vm("dest-ours", ours, work, tl,
-                  ["-incoming", f"tcp:127.0.0.1:{first}"])
-    dst_ref = Vm("dest-ref", ref, work, tl,
-                 ["-incoming", f"tcp:127.0.0.1:{second}"])
-    src = Vm("source", ours, work, tl, ["-trace", "postcopy_recovery_id"])
-    proxy = Proxy(second)
-    vms = (src, dst_ours, dst_ref)
-    ok = False
-    try:
-        for vm in vms:
-            await vm.start(bootsect)
-        await wait_serial(src.serial)
-        await proxy.start()
-
-        # A first migration, cancelled once the identity arrived
-        for vm in (src, dst_ours):
-            await vm.cmd("migrate-set-capabilities", capabilities=[
-                {"capability": "postcopy-ram", "state": True}])
-        await src.cmd("migrate-set-parameters",
-                      **{"max-bandwidth": 1000000})
-        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{first}")
-        deadline = time.monotonic() + STATE_TIMEOUT
-        while not log_has(src, "postcopy_recovery_id source: identity 1"):
-            if time.monotonic() > deadline:
-                raise DemoError("the first destination gave no identity")
-            await asyncio.sleep(0.05)
-        await src.cmd("migrate_cancel")
-        await states([src], "cancelled", bad=("failed", "completed"))
-        await dst_ours.stop()
+    async with proxied_pair(work, tl, ours, ref, src_extra=(
+            "-trace", "postcopy_recovery_id")) as (src, dst_ref, proxy):
+        # A first migration, to a destination of ours, cancelled once the
+        # identity arrived
+        first = free_port()
+        dst_ours = Vm("dest-ours", ours, work, tl,
+                      ["-incoming", f"tcp:127.0.0.1:{first}"])
+        try:
+            await dst_ours.start(os.path.join(work, "bootsect"))
+            for vm in (src, dst_ours):
+                await vm.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "postcopy-ram", "state": True}])
+            await src.cmd("migrate-set-parameters",
+                          **{"max-bandwidth": 1000000})
+            await src.cmd("migrate", uri=f"tcp:127.0.0.1:{first}")
+            deadline = time.monotonic() + STATE_TIMEOUT
+            while not log_has(src, "postcopy_recovery_id source: identity 1"):
+                if time.monotonic() > deadline:
+                    raise DemoError("the first destination gave no identity")
+                await asyncio.sleep(0.05)
+            await src.cmd("migrate_cancel")
+            await states([src], "cancelled", bad=("failed", "completed"))
+        finally:
+            await dst_ours.stop()
 
         # The second, to a 7.2 QEMU, with a recovery
         await enter_postcopy(src, dst_ref, f"tcp:127.0.0.1:{proxy.port}")
         proxy.break_links()
         await states([src, dst_ref], "postcopy-paused")
-        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
-                      resume=True)
-        await states([src, dst_ref], "postcopy-active", bad=("failed",))
-        pages = await complete_and_check(src, dst_ref,
-                                         os.path.join(work, "dest-memory"))
-        ok = True
+        pages = await resume_and_complete(
+            src, dst_ref, f"tcp:127.0.0.1:{proxy.port}",
+            os.path.join(work, "dest-memory"))
         return f"recovered towards 7.2; {pages} pages verified"
-    finally:
-        await proxy.close()
-        for vm in vms:
-            await vm.stop()
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"# logs kept in {work}", flush=True)
+
+
+def syn_sent_to(port):
+    """Whether a TCP connection to @port waits for the answer to its SYN"""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[2].split(":")[1], 16) == port and fields[3] == "02":
+                return True
+    return False
 
 
 async def late_preempt_channel(work, pairs):
@@ -372,6 +295,12 @@ async def late_preempt_channel(work, pairs):
         await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.getsockname()[1]}",
                       resume=True)
         await src.wait_sequence(start, ["postcopy-recover"])
+        # Only once the preempt channel's SYN went unanswered
+        deadline = time.monotonic() + QMP_TIMEOUT
+        while not syn_sent_to(fake.getsockname()[1]):
+            if time.monotonic() > deadline:
+                raise DemoError("the source connected no preempt channel")
+            await asyncio.sleep(0.01)
         main, _ = await asyncio.wait_for(loop.sock_accept(fake), QMP_TIMEOUT)
         main.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                         struct.pack("ii", 1, 0))
@@ -389,6 +318,9 @@ async def late_preempt_channel(work, pairs):
         try:
             data = await asyncio.wait_for(loop.sock_recv(late, 65536),
                                           QMP_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise DemoError("the source kept the late preempt channel "
+                            "open") from None
         finally:
             late.close()
         if data:
@@ -396,8 +328,8 @@ async def late_preempt_channel(work, pairs):
                             "channel")
     finally:
         fake.close()
-    if not log_has(src, "postcopy_recovery_source_preempt_stale attempt 1, "
-                   "current 2"):
+    # Late for attempt 2, or for attempt 1 once it failed
+    if not log_has(src, "postcopy_recovery_source_preempt_stale attempt 1, "):
         raise DemoError("the source did not drop the late preempt channel")
     pages = await complete_and_check(src, dst,
                                      os.path.join(work, "dest-memory"))
@@ -446,75 +378,43 @@ async def fake_source(work, pairs):
     if src.state != "postcopy-paused":
         raise DemoError(f"source is '{src.state}'")
 
-    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
-                  resume=True)
-    await states([src, dst], "postcopy-active", bad=("failed",))
-    pages = await complete_and_check(src, dst,
-                                     os.path.join(work, "dest-memory"))
+    pages = await resume_and_complete(
+        src, dst, f"tcp:127.0.0.1:{proxy.port}",
+        os.path.join(work, "dest-memory"))
     return f"2 bad recoveries, each a precise error; {pages} pages verified"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ours", default=OURS)
-    ap.add_argument("--ref", default=REF)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("-p", "--prefix", default="",
-                    help="run only the cases whose name starts with this")
-    args = ap.parse_args()
-
+    args = test_options(__doc__, OURS, REF)
+    ours, ref = args.ours, args.ref
     cases = []
     for mode in ("plain", "preempt"):
-        cases.append((f"/interop/ours-to-ref/{mode}", args.ours, args.ref,
-                      mode == "preempt"))
-        cases.append((f"/interop/ref-to-ours/{mode}", args.ref, args.ours,
-                      mode == "preempt"))
-    # Not interop: our commands out-of-band, through QEMU's QMP library
-    cases.append(("/qmp-oob/pause-recover", args.ours, args.ours, False))
-    # Not interop: a source resumes towards another migration's destination
-    cases.append(("/identity/other-migration", args.ours, args.ours, False))
-    # Our source, which had an identity from an earlier migration, to 7.2
-    cases.append(("/identity/earlier-migration", args.ours, args.ref, False))
-    # Not interop: a recovery attempt's preempt channel connects too late
-    cases.append(("/wire/late-preempt-channel", args.ours, args.ours, True))
-    # Not interop: a fake destination answers the source's recovery badly
-    cases.append(("/wire/fake-destination", args.ours, args.ours, False))
-    # A fake source tries to recover a 7.2 source's migration to ours
-    cases.append(("/wire/fake-source", args.ref, args.ours, False))
-    cases = [c for c in cases if c[0].startswith(args.prefix)]
-    print(f"1..{len(cases)}")
-    failed = 0
-    for i, (name, src, dst, preempt) in enumerate(cases, 1):
-        if not os.access(args.ref, os.X_OK):
-            print(f"not ok {i} {name} # reference QEMU missing: {args.ref}")
-            failed += 1
-            continue
-        try:
-            if name == "/identity/earlier-migration":
-                what = asyncio.run(earlier_migration(src, dst, args.verbose))
-            elif name.startswith("/identity/"):
-                what = asyncio.run(with_pairs(src, args.verbose, ("-a", "-b"),
-                                              other_migration))
-            elif name == "/wire/fake-destination":
-                what = asyncio.run(with_pairs(dst, args.verbose, ("",),
-                                              fake_destination))
-            elif name == "/wire/late-preempt-channel":
-                what = asyncio.run(with_pairs(
-                    dst, args.verbose, ("",), late_preempt_channel,
-                    caps=("postcopy-preempt",),
-                    src_extra=("-trace",
-                               "postcopy_recovery_source_preempt_stale")))
-            elif name == "/wire/fake-source":
-                what = asyncio.run(with_pairs(dst, args.verbose, ("",),
-                                              fake_source, src_qemu=src))
-            else:
-                what = asyncio.run(one_case(src, dst, preempt, args.verbose,
-                                            oob=name.startswith("/qmp-oob/")))
-            print(f"ok {i} {name} # {what}", flush=True)
-        except (DemoError, ExecuteError, OSError) as e:
-            print(f"not ok {i} {name} # {e}", flush=True)
-            failed += 1
-    return 1 if failed else 0
+        preempt = mode == "preempt"
+        cases.append((f"/interop/ours-to-ref/{mode}", one_case, ours, ref,
+                      preempt))
+        cases.append((f"/interop/ref-to-ours/{mode}", one_case, ref, ours,
+                      preempt))
+    cases += [
+        # Not interop: our commands out-of-band, through QEMU's QMP library
+        ("/qmp-oob/pause-recover", one_case, ours, ours, False, True),
+        # Not interop: a source resumes towards another migration's
+        # destination
+        ("/identity/other-migration", with_pairs, ours, ("-a", "-b"),
+         other_migration),
+        # Our source, which had an identity from an earlier migration, to 7.2
+        ("/identity/earlier-migration", earlier_migration, ours, ref),
+        # Not interop: a recovery attempt's preempt channel connects late
+        ("/wire/late-preempt-channel", with_pairs, ours, ("",),
+         late_preempt_channel, None, ("postcopy-preempt",),
+         ("-trace", "postcopy_recovery_source_preempt_stale")),
+        # Not interop: a fake destination answers the source's recovery
+        # badly
+        ("/wire/fake-destination", with_pairs, ours, ("",),
+         fake_destination),
+        # A fake source tries to recover a 7.2 source's migration to ours
+        ("/wire/fake-source", with_pairs, ours, ("",), fake_source, ref),
+    ]
+    return run_tap(cases, args.verbose, args.prefix, need=(ours, ref))
 
 
 if __name__ == "__main__":

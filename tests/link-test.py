@@ -34,21 +34,20 @@ they are reported as skipped, with the reason.  Prints TAP; each result
 line gives the measured detection times.
 """
 
-import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "demo"))
 from postcopy_harness import (  # noqa: E402
-    MEM_END, MEM_START, DemoError, ExecuteError, Proxy, Timeline, Vm,
-    check_guest_memory, complete_and_check, enter_postcopy, free_port,
-    states, wait_serial, write_bootsect)
+    MEM_END, MEM_START, check_guest_memory, complete_and_check, DemoError,
+    enter_postcopy, ExecuteError, free_port, proxied_pair, resume_and_complete,
+    run_tap, states, test_options, Vm, wait_serial, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
@@ -139,6 +138,27 @@ class Namespaces:
         self.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def netns_pair(ns, work, tl, src_bin, dst_bin):
+    """A source in NS_SRC and a destination in NS_DST, the guest running
+    on the source: yields (source, destination, the destination's URI),
+    and stops them when done."""
+    bootsect = os.path.join(work, "bootsect")
+    write_bootsect(bootsect)
+    uri = f"tcp:{ADDR_DST}:{free_port()}"
+    dst = Vm("dest", dst_bin, work, tl, ["-incoming", uri],
+             wrapper=ns.wrap(NS_DST))
+    src = Vm("source", src_bin, work, tl, [], wrapper=ns.wrap(NS_SRC))
+    try:
+        await dst.start(bootsect)
+        await src.start(bootsect)
+        await wait_serial(src.serial)
+        yield src, dst, uri
+    finally:
+        for vm in (src, dst):
+            await vm.stop()
+
+
 async def paused_after(vm, t0):
     """Seconds from @t0 (monotonic) until @vm reached postcopy-paused."""
     await states([vm], "postcopy-paused", timeout=DETECT_WAIT)
@@ -177,17 +197,7 @@ def in_time(who, took):
 
 
 async def black_hole(work, tl, src_bin, dst_bin, ours):
-    bootsect = os.path.join(work, "bootsect")
-    dport = free_port()
-    dst = Vm("dest", dst_bin, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"])
-    src = Vm("source", src_bin, work, tl, [])
-    proxy = Proxy(dport)
-    try:
-        await dst.start(bootsect)
-        await src.start(bootsect)
-        await wait_serial(src.serial)
-        await proxy.start()
+    async with proxied_pair(work, tl, src_bin, dst_bin) as (src, dst, proxy):
         uri = f"tcp:127.0.0.1:{proxy.port}"
         ours_dst = dst_bin == ours
         await start_postcopy(src, dst, uri, LIMIT_MS,
@@ -214,30 +224,17 @@ async def black_hole(work, tl, src_bin, dst_bin, ours):
                        "7.2 destination: no detection (reset by the test)"]
         proxy.break_links()
 
-        await src.cmd("migrate", uri=uri, resume=True)
-        await states((src, dst), "postcopy-active", bad=("failed",))
-        pages = await complete_and_check(
-            src, dst, os.path.join(work, "dest-memory"))
+        pages = await resume_and_complete(
+            src, dst, uri,
+            os.path.join(work, "dest-memory"))
         return "; ".join(figures) + f"; {pages} pages verified"
-    finally:
-        await proxy.close()
-        for vm in (src, dst):
-            await vm.stop()
 
 
 async def netns_drop(work, tl, src_bin, dst_bin, ours):
     with Namespaces() as ns:
-        bootsect = os.path.join(work, "bootsect")
-        dport = free_port()
-        uri = f"tcp:{ADDR_DST}:{dport}"
-        dst = Vm("dest", dst_bin, work, tl, ["-incoming", uri],
-                 wrapper=ns.wrap(NS_DST))
-        src = Vm("source", src_bin, work, tl, [], wrapper=ns.wrap(NS_SRC))
-        ours_src = src_bin == ours
-        try:
-            await dst.start(bootsect)
-            await src.start(bootsect)
-            await wait_serial(src.serial)
+        async with netns_pair(ns, work, tl, src_bin, dst_bin) as pair:
+            src, dst, uri = pair
+            ours_src = src_bin == ours
             # A 7.2 source has no postcopy-link-timeout
             await start_postcopy(src, dst, uri, LIMIT_MS,
                                  (src, dst) if ours_src else (dst,))
@@ -263,18 +260,15 @@ async def netns_drop(work, tl, src_bin, dst_bin, ours):
                 figures.append(f"7.2 source paused {took_src:.2f} s after "
                                f"the drop, once the link was back")
 
-            await src.cmd("migrate", uri=uri, resume=True)
-            await states((src, dst), "postcopy-active", bad=("failed",))
-            pages = await complete_and_check(
-                src, dst, os.path.join(work, "dest-memory"))
+            pages = await resume_and_complete(
+                src, dst, uri,
+                os.path.join(work, "dest-memory"))
             return "; ".join(figures) + f"; {pages} pages verified"
-        finally:
-            for vm in (src, dst):
-                await vm.stop()
 
 
-async def healthy(work, tl, src_bin, dst_bin, ours):
+async def healthy(work, tl, src_bin, dst_bin):
     bootsect = os.path.join(work, "bootsect")
+    write_bootsect(bootsect)
     dport = free_port()
     dst = Vm("dest", dst_bin, work, tl,
              ["-incoming", f"tcp:127.0.0.1:{dport}"])
@@ -317,21 +311,13 @@ async def healthy(work, tl, src_bin, dst_bin, ours):
             await vm.stop()
 
 
-async def slow_network(work, tl, src_bin, dst_bin, ours):
+async def slow_network(work, tl, src_bin, dst_bin):
     """A healthy but slow network, postcopy at full speed over it."""
     # The default limit: a link this slow may stall for seconds at times
     rate, limit_ms, watch = "256kbit", 10000, 15.0
     with Namespaces() as ns:
-        bootsect = os.path.join(work, "bootsect")
-        dport = free_port()
-        uri = f"tcp:{ADDR_DST}:{dport}"
-        dst = Vm("dest", dst_bin, work, tl, ["-incoming", uri],
-                 wrapper=ns.wrap(NS_DST))
-        src = Vm("source", src_bin, work, tl, [], wrapper=ns.wrap(NS_SRC))
-        try:
-            await dst.start(bootsect)
-            await src.start(bootsect)
-            await wait_serial(src.serial)
+        async with netns_pair(ns, work, tl, src_bin, dst_bin) as pair:
+            src, dst, uri = pair
             await start_postcopy(src, dst, uri, limit_ms, (src, dst),
                                  bandwidth=0)
             # Unlimited postcopy into a 256 kbit/s link: the socket buffers
@@ -355,12 +341,9 @@ async def slow_network(work, tl, src_bin, dst_bin, ours):
             return (f"no pause in {watch:.0f} s at {rate}/s with a "
                     f"{limit_ms / 1000:.0f} s limit ({sent - sent0} bytes "
                     f"sent meanwhile); {pages} pages verified")
-        finally:
-            for vm in (src, dst):
-                await vm.stop()
 
 
-async def completion(work, tl, src_bin, dst_bin, ours, lost, caps=()):
+async def completion(work, tl, src_bin, dst_bin, lost, caps=()):
     """A link failure after the source sent the end of the stream.
 
     The proxy throws away what flows one way (@lost: "to-target" loses the
@@ -370,17 +353,7 @@ async def completion(work, tl, src_bin, dst_bin, ours, lost, caps=()):
     """
     # Long enough for the source to send everything first
     limit_ms = 5000
-    bootsect = os.path.join(work, "bootsect")
-    dport = free_port()
-    dst = Vm("dest", dst_bin, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"])
-    src = Vm("source", src_bin, work, tl, [])
-    proxy = Proxy(dport)
-    try:
-        await dst.start(bootsect)
-        await src.start(bootsect)
-        await wait_serial(src.serial)
-        await proxy.start()
+    async with proxied_pair(work, tl, src_bin, dst_bin) as (src, dst, proxy):
         uri = f"tcp:127.0.0.1:{proxy.port}"
         for vm in (src, dst):
             await vm.cmd("migrate-set-parameters",
@@ -422,71 +395,30 @@ async def completion(work, tl, src_bin, dst_bin, ours, lost, caps=()):
 
         took_dst = await paused_after(dst, t0)
         proxy.break_links()
-        await src.cmd("migrate", uri=uri, resume=True)
-        await states((src, dst), "postcopy-active", bad=("failed",))
-        pages = await complete_and_check(
-            src, dst, os.path.join(work, "dest-memory"))
+        pages = await resume_and_complete(
+            src, dst, uri,
+            os.path.join(work, "dest-memory"))
         return (f"{figure}, destination {took_dst:.2f} s; recovered; "
                 f"{pages} pages verified")
-    finally:
-        await proxy.close()
-        for vm in (src, dst):
-            await vm.stop()
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ours", default=OURS)
-    ap.add_argument("--ref", default=REF)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("-p", "--prefix", default="",
-                    help="run only the cases whose name starts with this")
-    args = ap.parse_args()
-
+    args = test_options(__doc__, OURS, REF)
+    ours, ref = args.ours, args.ref
     cases = [
-        ("/link/black-hole/ours", black_hole, args.ours, args.ours),
-        ("/link/black-hole/ours-to-ref", black_hole, args.ours, args.ref),
-        ("/link/netns-drop/ours", netns_drop, args.ours, args.ours),
-        ("/link/netns-drop/ref-to-ours", netns_drop, args.ref, args.ours),
-        ("/link/healthy/slow", healthy, args.ours, args.ours),
-        ("/link/healthy/slow-network", slow_network, args.ours, args.ours),
-        ("/link/completion/end-lost", completion, args.ours, args.ours,
-         "to-target"),
-        ("/link/completion/end-lost/preempt", completion, args.ours,
-         args.ours, "to-target", ("postcopy-preempt",)),
-        ("/link/completion/shut-lost", completion, args.ours, args.ours,
-         "to-client"),
+        ("/link/black-hole/ours", black_hole, ours, ours, ours),
+        ("/link/black-hole/ours-to-ref", black_hole, ours, ref, ours),
+        ("/link/netns-drop/ours", netns_drop, ours, ours, ours),
+        ("/link/netns-drop/ref-to-ours", netns_drop, ref, ours, ours),
+        ("/link/healthy/slow", healthy, ours, ours),
+        ("/link/healthy/slow-network", slow_network, ours, ours),
+        ("/link/completion/end-lost", completion, ours, ours, "to-target"),
+        ("/link/completion/end-lost/preempt", completion, ours, ours,
+         "to-target", ("postcopy-preempt",)),
+        ("/link/completion/shut-lost", completion, ours, ours, "to-client"),
     ]
-    cases = [c for c in cases if c[0].startswith(args.prefix)]
-    print(f"1..{len(cases)}")
-    failed = 0
-    for i, (name, fn, src, dst, *extra) in enumerate(cases, 1):
-        if not os.access(src, os.X_OK) or not os.access(dst, os.X_OK):
-            print(f"not ok {i} {name} # QEMU missing: {src} or {dst}")
-            failed += 1
-            continue
-        tl = Timeline()
-        if not args.verbose:
-            tl.log = lambda who, what: None
-        work = tempfile.mkdtemp(prefix="postcopy-link-")
-        write_bootsect(os.path.join(work, "bootsect"))
-        ok = False
-        try:
-            what = asyncio.run(fn(work, tl, src, dst, args.ours, *extra))
-            print(f"ok {i} {name} # {what}", flush=True)
-            ok = True
-        except Skip as e:
-            print(f"ok {i} {name} # SKIP {e}", flush=True)
-            ok = True
-        except (DemoError, ExecuteError, OSError,
-                subprocess.CalledProcessError) as e:
-            print(f"not ok {i} {name} # {e}", flush=True)
-            failed += 1
-        if ok:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"# logs kept in {work}", flush=True)
-    return 1 if failed else 0
+    return run_tap(cases, args.verbose, args.prefix, need=(ours, ref),
+                   skip=Skip)
 
 
 if __name__ == "__main__":
