@@ -223,7 +223,7 @@ class Vm:
 
     async def start(self, bootsect):
         args = self.wrapper + [
-            self.qemu, "-name", self.name, "-machine", "pc",
+            self.qemu, "-name", f"{self.name},debug-threads=on", "-machine", "pc",
             "-accel", "tcg", "-m", "150M", "-display", "none",
             "-nodefaults", "-serial", "file:" + self.serial,
             "-drive", f"file={bootsect},format=raw,if=ide",

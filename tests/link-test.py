@@ -28,6 +28,9 @@ completes, and checks the guest memory on the destination page by page.
   /link/completion/shut-lost  the destination completes, its SHUT is lost:
                              the source pauses rather than wait forever,
                              and can be cancelled
+  /link/quit/dead-link       the destination gets SIGTERM in postcopy,
+                             then the link goes silent: it exits once the
+                             watchdog pauses it, instead of hanging
 
 The namespace cases need root, ip(8) and nft(8); where they are missing
 they are reported as skipped, with the reason.  Prints TAP; each result
@@ -36,8 +39,10 @@ line gives the measured detection times.
 
 import asyncio
 import contextlib
+import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -402,6 +407,63 @@ async def completion(work, tl, src_bin, dst_bin, lost, caps=()):
                 f"{pages} pages verified")
 
 
+def vcpus_wait_for_pages(pid):
+    """Whether every vCPU thread of QEMU @pid sleeps outside a system
+    call: in a page fault, waiting for a page (the guest never halts)."""
+    vcpus = 0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            with open(task + "/comm") as f:
+                if not f.read().startswith("CPU "):
+                    continue
+            with open(task + "/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(task + "/syscall") as f:
+                syscall = f.read().split()[0]
+        except OSError:
+            return False
+        vcpus += 1
+        if state != "S" or syscall != "-1":
+            return False
+    return vcpus > 0
+
+
+async def quit_dead_link(work, tl, src_bin, dst_bin):
+    """The destination is asked to quit (SIGTERM) in postcopy-active, and
+    the link goes silent: its clean shutdown waits for vCPUs that wait for
+    pages, so once the watchdog pauses the migration, it must exit."""
+    async with proxied_pair(work, tl, src_bin, dst_bin) as (src, dst, proxy):
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await start_postcopy(src, dst, uri, LIMIT_MS, (src, dst))
+        t0 = tl.now()
+        proxy.stall_links()
+        # Quit once the vCPU waits for a page that cannot come: a few
+        # looks in a row, so that it is no page already on its way
+        deadline, seen = time.monotonic() + DETECT_WAIT, 0
+        while seen < 5:
+            if time.monotonic() > deadline:
+                raise DemoError("the destination's vCPU never waited for a "
+                                "page")
+            seen = seen + 1 if vcpus_wait_for_pages(dst.proc.pid) else 0
+            await asyncio.sleep(0.02)
+        dst.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = await asyncio.wait_for(dst.proc.wait(), DETECT_WAIT)
+        except asyncio.TimeoutError:
+            raise DemoError("the destination did not exit") from None
+        took = tl.now() - t0
+        if rc != 1:
+            raise DemoError(f"the destination exited with status {rc}")
+        if not log_has(dst, "Quitting while the postcopy migration is "
+                            "'postcopy-paused'"):
+            raise DemoError("the destination did not say why it exits")
+        how = in_time("destination exited with status 1", took)
+        took_src = await paused_after(src, t0)
+        await src.cmd("migrate_cancel")
+        await states([src], "cancelled", bad=("failed", "completed"))
+        return f"{how}; source paused after {took_src:.2f} s, cancelled"
+
+
 def main():
     args = test_options(__doc__, OURS, REF)
     ours, ref = args.ours, args.ref
@@ -416,6 +478,7 @@ def main():
         ("/link/completion/end-lost/preempt", completion, ours, ours,
          "to-target", ("postcopy-preempt",)),
         ("/link/completion/shut-lost", completion, ours, ours, "to-client"),
+        ("/link/quit/dead-link", quit_dead_link, ours, ours),
     ]
     return run_tap(cases, args.verbose, args.prefix, need=(ours, ref),
                    skip=Skip)
