@@ -222,6 +222,12 @@ class Vm:
         self._tasks = []
 
     async def start(self, bootsect):
+        # QEMU 7.2 sends events to a QMP client that connected before the
+        # monitor sent its greeting (monitor_qapi_event_emit() skips only
+        # monitors in capabilities negotiation, which starts with the
+        # greeting): the RESUME of a guest starting as the client connects
+        # would come first.  So the guest starts only once QMP is set up.
+        incoming = "-incoming" in self.extra
         args = self.wrapper + [
             self.qemu, "-name", f"{self.name},debug-threads=on", "-machine", "pc",
             "-accel", "tcg", "-m", "150M", "-display", "none",
@@ -229,14 +235,15 @@ class Vm:
             "-drive", f"file={bootsect},format=raw,if=ide",
             "-chardev",
             f"socket,id=qmp,path={self.qmp_path},server=on,wait=off",
-            "-mon", "chardev=qmp,mode=control"] + self.extra
+            "-mon", "chardev=qmp,mode=control"] + \
+            ([] if incoming else ["-S"]) + self.extra
         self.log = open(self.log_path, "w")
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=self.log,
             stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         self._tasks.append(asyncio.create_task(self._watch_exit()))
         deadline = time.monotonic() + QMP_TIMEOUT
-        while not os.path.exists(self.qmp_path):
+        while not self._qmp_listening():
             if self.proc.returncode is not None:
                 raise DemoError(f"{self.name}: QEMU exited at start; "
                                 f"see {self.log_path}")
@@ -247,6 +254,26 @@ class Vm:
         self._tasks.append(asyncio.create_task(self._watch_events()))
         await self.cmd("migrate-set-capabilities", capabilities=[
             {"capability": "events", "state": True}])
+        if not incoming:
+            await self.cmd("cont")
+
+    def _qmp_listening(self):
+        """Whether QEMU listens on its QMP socket.  That the socket exists
+        is not enough: a connection between its bind() and its listen()
+        is refused.  QEMU's own /proc/PID/net/unix lists the sockets of
+        its network namespace, which may not be ours."""
+        try:
+            with open(f"/proc/{self.proc.pid}/net/unix") as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            return False
+        for line in lines:
+            fields = line.split()
+            # Num RefCount Protocol Flags Type St Inode Path
+            if len(fields) == 8 and fields[7] == self.qmp_path and \
+                    int(fields[3], 16) & 0x10000:       # __SO_ACCEPTCON
+                return True
+        return False
 
     async def cmd(self, name, oob=False, **args):
         try:
