@@ -31,6 +31,10 @@ completes, and checks the guest memory on the destination page by page.
   /link/quit/dead-link       the destination gets SIGTERM in postcopy,
                              then the link goes silent: it exits once the
                              watchdog pauses it, instead of hanging
+  /link/auto-recover/netns-drop  postcopy-auto-recover: nftables drops
+                             every packet until the source made two
+                             attempts (each a SYN lost), then lets them
+                             through: both sides recover with no command
 
 The namespace cases need root, ip(8) and nft(8); where they are missing
 they are reported as skipped, with the reason.  Prints TAP; each result
@@ -271,6 +275,45 @@ async def netns_drop(work, tl, src_bin, dst_bin, ours):
             return "; ".join(figures) + f"; {pages} pages verified"
 
 
+async def auto_recover_attempts(src):
+    info = await src.cmd("query-migrate")
+    return info.get("postcopy-auto-recover", {}).get("attempts", 0)
+
+
+async def auto_recover_drop(work, tl, src_bin, dst_bin):
+    """A black hole, then the link is back: recovered with no command."""
+    with Namespaces() as ns:
+        async with netns_pair(ns, work, tl, src_bin, dst_bin) as pair:
+            src, dst, uri = pair
+            await start_postcopy(src, dst, uri, LIMIT_MS, (src, dst))
+            await src.cmd("migrate-set-parameters",
+                          **{"postcopy-auto-recover": 120000})
+            t0 = tl.now()
+            ns.drop()
+            took_src = await paused_after(src, t0)
+            took_dst = await paused_after(dst, t0)
+            # Attempts go on while the link drops everything
+            deadline = time.monotonic() + DETECT_WAIT
+            while await auto_recover_attempts(src) < 2:
+                if time.monotonic() > deadline:
+                    raise DemoError("the source made no second attempt")
+                await asyncio.sleep(0.05)
+            mark = (len(src.history), len(dst.history))
+            t_back = tl.now()
+            ns.restore()
+            for vm, start in zip((src, dst), mark):
+                await vm.wait_sequence(start, ["postcopy-recover",
+                                               "postcopy-active"])
+            back = max(vm.history[-1][0] for vm in (src, dst)) - t_back
+            attempts = await auto_recover_attempts(src)
+            pages = await complete_and_check(
+                src, dst, os.path.join(work, "dest-memory"))
+            return (f"{in_time('source', took_src)}; "
+                    f"{in_time('destination', took_dst)}; both active "
+                    f"{back:.2f} s after the link came back, attempt "
+                    f"{attempts}, no command; {pages} pages verified")
+
+
 async def healthy(work, tl, src_bin, dst_bin):
     bootsect = os.path.join(work, "bootsect")
     write_bootsect(bootsect)
@@ -479,6 +522,7 @@ def main():
          "to-target", ("postcopy-preempt",)),
         ("/link/completion/shut-lost", completion, ours, ours, "to-client"),
         ("/link/quit/dead-link", quit_dead_link, ours, ours),
+        ("/link/auto-recover/netns-drop", auto_recover_drop, ours, ours),
     ]
     return run_tap(cases, args.verbose, args.prefix, need=(ours, ref),
                    skip=Skip)
