@@ -12,6 +12,7 @@
 #   make asan     ASan+UBSan build of build/qemu, postcopy tests on it
 #   make reference  build the reference (unmodified Debian 7.2) QEMU for
 #                   the interop tests
+#   make guest    build the test guest (Debian's kernel, busybox, memcheck)
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -20,7 +21,7 @@ BIN := $(TREE)/build/qemu-system-x86_64
 MIGTEST := $(TREE)/build/tests/qtest/migration-test
 DEPS_STAMP := build/.deps-ok
 
-.PHONY: all deps tree build export demo check verify reference asan clean
+.PHONY: all deps tree build export demo check verify reference guest asan clean
 
 all: build
 
@@ -54,7 +55,10 @@ demo: build
 reference: $(DEPS_STAMP)
 	@scripts/build-reference.sh
 
-check: build reference
+guest: $(DEPS_STAMP)
+	@guest/build-guest.sh
+
+check: build reference guest
 	@tests/run-tests.sh
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, postcopy tests on it.

@@ -37,7 +37,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "harness"))
 from postcopy_harness import (  # noqa: E402
     TREE, MEM_START, MEM_END, QMP_TIMEOUT, DemoError, Timeline, Vm,
     ExecuteError, check_guest_memory, enter_postcopy, free_port,

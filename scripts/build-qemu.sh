@@ -1,8 +1,9 @@
 #!/bin/bash
 # Configure (once) and build build/qemu for what the project needs:
 # x86_64-softmmu with TCG, slirp, gnutls and the qtests, nothing else.
-# Firmware comes from Debian's seabios and ipxe-qemu packages, linked into
-# the build's qemu-bundle so that the built binary finds bios-256k.bin.
+# Firmware comes from Debian's seabios, ipxe-qemu and qemu-system-data
+# packages, linked into the build's qemu-bundle so that the built binary
+# finds bios-256k.bin and the option ROMs.
 #
 # TREE (default build/qemu), BUILD_DIR (default $TREE/build), TARGETS and
 # EXTRA_CONFIGURE let the reference and sanitizer builds share this script.
@@ -59,7 +60,8 @@ PATH=/usr/bin:$PATH ninja -j"$(nproc)" "${TARGETS[@]}" 2>&1 |
 
 bundle=$BUILD_DIR/qemu-bundle/usr/local/share/qemu
 mkdir -p "$bundle"
-for f in /usr/share/seabios/*.bin /usr/lib/ipxe/qemu/*.rom; do
+for f in /usr/share/seabios/*.bin /usr/lib/ipxe/qemu/*.rom \
+         /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin; do
     [ -e "$f" ] && ln -sf "$f" "$bundle/"
 done
 [ -e "$bundle/bios-256k.bin" ] ||

@@ -10,10 +10,14 @@ PACKAGES=(
     gcc make ninja-build meson pkg-config python3 python3-venv flex bison
     libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libslirp-dev
     libgnutls28-dev ccache git perl
-    # firmware for the built binary
-    seabios ipxe-qemu
+    # firmware for the built binary (qemu-system-data: the option ROMs
+    # that the dfsg source lacks, such as linuxboot_dma.bin for -kernel)
+    seabios ipxe-qemu qemu-system-data
     # demo and network tests
     socat iproute2 nftables procps
+    # the test guest (guest/build-guest.sh; its kernel is downloaded, not
+    # installed)
+    busybox-static cpio
 )
 
 missing=()

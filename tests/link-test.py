@@ -52,7 +52,7 @@ import sys
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(TOP, "demo"))
+sys.path.insert(0, os.path.join(TOP, "harness"))
 from postcopy_harness import (  # noqa: E402
     MEM_END, MEM_START, check_guest_memory, complete_and_check, DemoError,
     enter_postcopy, ExecuteError, free_port, proxied_pair, resume_and_complete,

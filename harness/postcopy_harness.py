@@ -132,8 +132,20 @@ class Proxy:
         self.port = None
 
     async def start(self):
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        """Listen on self.port, or on an ephemeral port the first time."""
+        self.server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port or 0, reuse_address=True)
         self.port = self.server.sockets[0].getsockname()[1]
+
+    async def set_down(self, down):
+        """Take the link down: reset every connection and stop listening,
+        so that connecting is refused; or bring it up on the same port."""
+        if down:
+            self.break_links()
+            self.server.close()
+            await self.server.wait_closed()
+        else:
+            await self.start()
 
     async def _accept(self, reader, writer):
         try:
@@ -196,15 +208,18 @@ class Proxy:
 
     async def close(self):
         self.break_links()
-        self.server.close()
-        await self.server.wait_closed()
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 class Vm:
     """One QEMU process with a QMP monitor."""
 
-    def __init__(self, name, qemu, workdir, timeline, extra, wrapper=()):
+    def __init__(self, name, qemu, workdir, timeline, extra, wrapper=(),
+                 mem="150M"):
         self.name = name
+        self.mem = mem
         self.qemu = qemu
         self.wrapper = list(wrapper)     # e.g. ip netns exec NAME
         self.workdir = workdir
@@ -221,7 +236,8 @@ class Vm:
         self.exited = None
         self._tasks = []
 
-    async def start(self, bootsect):
+    async def start(self, bootsect=None):
+        """Start QEMU, booting @bootsect if given (else as @extra says)."""
         # QEMU 7.2 sends events to a QMP client that connected before the
         # monitor sent its greeting (monitor_qapi_event_emit() skips only
         # monitors in capabilities negotiation, which starts with the
@@ -230,9 +246,10 @@ class Vm:
         incoming = "-incoming" in self.extra
         args = self.wrapper + [
             self.qemu, "-name", f"{self.name},debug-threads=on", "-machine", "pc",
-            "-accel", "tcg", "-m", "150M", "-display", "none",
-            "-nodefaults", "-serial", "file:" + self.serial,
-            "-drive", f"file={bootsect},format=raw,if=ide",
+            "-accel", "tcg", "-m", self.mem, "-display", "none",
+            "-nodefaults", "-serial", "file:" + self.serial] + \
+            (["-drive", f"file={bootsect},format=raw,if=ide"]
+             if bootsect else []) + [
             "-chardev",
             f"socket,id=qmp,path={self.qmp_path},server=on,wait=off",
             "-mon", "chardev=qmp,mode=control"] + \
