@@ -13,6 +13,8 @@
 #   make reference  build the reference (unmodified Debian 7.2) QEMU for
 #                   the interop tests
 #   make guest    build the test guest (Debian's kernel, busybox, memcheck)
+#   make bench    measure the guest stall after link failures, ours next
+#                 to the reference QEMU 7.2 (QUICK=1: one repetition)
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -21,7 +23,7 @@ BIN := $(TREE)/build/qemu-system-x86_64
 MIGTEST := $(TREE)/build/tests/qtest/migration-test
 DEPS_STAMP := build/.deps-ok
 
-.PHONY: all deps tree build export demo check verify reference guest asan clean
+.PHONY: all deps tree build export demo check verify reference guest bench asan clean
 
 all: build
 
@@ -60,6 +62,10 @@ guest: $(DEPS_STAMP)
 
 check: build reference guest
 	@tests/run-tests.sh
+
+BENCH_REPS := $(if $(QUICK),1,3)
+bench: build reference
+	@/usr/bin/python3 bench/recovery-bench.py --reps $(BENCH_REPS)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build, postcopy tests on it.
 # Leak detection is off: QEMU 7.2 leaks at exit outside migration.

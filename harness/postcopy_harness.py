@@ -474,16 +474,18 @@ async def resume_and_complete(src, dst, uri, dump):
 
 
 @contextlib.asynccontextmanager
-async def proxied_pair(work, tl, src_bin, dst_bin, tag="", src_extra=()):
+async def proxied_pair(work, tl, src_bin, dst_bin, tag="", src_extra=(),
+                       dst_extra=()):
     """A source and a destination QEMU, the guest running on the source,
     and a Proxy to the destination's incoming port: yields (source,
     destination, proxy), and stops them all when done.  @tag tells the
-    QEMUs of several pairs apart; @src_extra are more source options."""
+    QEMUs of several pairs apart; @src_extra and @dst_extra are more
+    options of each."""
     bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
     write_bootsect(bootsect)
     dport = free_port()
     dst = Vm("dest" + tag, dst_bin, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"])
+             ["-incoming", f"tcp:127.0.0.1:{dport}"] + list(dst_extra))
     src = Vm("source" + tag, src_bin, work, tl, list(src_extra))
     proxy = Proxy(dport)
     try:

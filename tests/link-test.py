@@ -35,6 +35,10 @@ completes, and checks the guest memory on the destination page by page.
                              every packet until the source made two
                              attempts (each a SYN lost), then lets them
                              through: both sides recover with no command
+  /link/auto-recover/bandwidth  max-postcopy-bandwidth raised while the
+                             migration is paused applies to the migration
+                             that automatic recovery resumes (a stopped
+                             guest, so that only the limited stream flows)
 
 The namespace cases need root, ip(8) and nft(8); where they are missing
 they are reported as skipped, with the reason.  Prints TAP; each result
@@ -314,6 +318,59 @@ async def auto_recover_drop(work, tl, src_bin, dst_bin):
                     f"{attempts}, no command; {pages} pages verified")
 
 
+async def postcopy_rate(src, seconds=2.0):
+    """Bytes per second the source sends, measured over @seconds."""
+    before = (await src.cmd("query-migrate"))["ram"]["transferred"]
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    after = (await src.cmd("query-migrate"))["ram"]["transferred"]
+    return (after - before) / (time.monotonic() - t0)
+
+
+async def auto_recover_bandwidth(work, tl, src_bin, dst_bin):
+    """A parameter set while paused applies to the resumed migration."""
+    slow, fast = 4096, 4 << 20
+    # The destination does not start the guest (-S), which is stopped on
+    # the source too: no page requests, only the stream at the limit
+    async with proxied_pair(work, tl, src_bin, dst_bin,
+                            dst_extra=["-S"]) as (src, dst, proxy):
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await src.cmd("stop")
+        for vm in (src, dst):
+            await vm.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "postcopy-ram", "state": True}])
+        await src.cmd("migrate-set-parameters",
+                      **{"max-bandwidth": 30000000,
+                         "max-postcopy-bandwidth": slow,
+                         "postcopy-auto-recover": 120000})
+        await src.cmd("migrate", uri=uri)
+        await src.wait_state(["active"])
+        await src.cmd("migrate-start-postcopy")
+        await states((src, dst), "postcopy-active")
+        before = await postcopy_rate(src)
+
+        await proxy.set_down(True)
+        await states((src, dst), "postcopy-paused")
+        mark = (len(src.history), len(dst.history))
+        await src.cmd("migrate-set-parameters",
+                      **{"max-postcopy-bandwidth": fast})
+        await proxy.set_down(False)
+        for vm, start in zip((src, dst), mark):
+            await vm.wait_sequence(start, ["postcopy-active"])
+        after = await postcopy_rate(src)
+        # At the old limit the stream stays far below the new one (the
+        # limiter lets a page through every 100 ms: 40 KiB/s); at the new
+        # one it comes close to it
+        if before > fast / 16 or after < fast / 4:
+            raise DemoError(f"{before:.0f} B/s before, {after:.0f} B/s "
+                            f"after a limit of {slow} then {fast} B/s")
+        pages = await complete_and_check(src, dst,
+                                         os.path.join(work, "dest-memory"))
+        return (f"{before / 1024:.1f} KiB/s at {slow // 1024} KiB/s, then "
+                f"{after / 1048576:.2f} MiB/s after the limit was raised to "
+                f"{fast >> 20} MiB/s while paused; {pages} pages verified")
+
+
 async def healthy(work, tl, src_bin, dst_bin):
     bootsect = os.path.join(work, "bootsect")
     write_bootsect(bootsect)
@@ -523,6 +580,8 @@ def main():
         ("/link/completion/shut-lost", completion, ours, ours, "to-client"),
         ("/link/quit/dead-link", quit_dead_link, ours, ours),
         ("/link/auto-recover/netns-drop", auto_recover_drop, ours, ours),
+        ("/link/auto-recover/bandwidth", auto_recover_bandwidth, ours,
+         ours),
     ]
     return run_tap(cases, args.verbose, args.prefix, need=(ours, ref),
                    skip=Skip)
