@@ -34,10 +34,16 @@ def build():
     subprocess.run([BUILD], check=True)
 
 
+def boot_files(mb=MEMCHECK_MB):
+    """kernel, initrd, kernel command line"""
+    return (KERNEL, INITRD,
+            f"console=ttyS0 quiet panic=-1 memcheck_mb={mb}")
+
+
 def qemu_args(mb=MEMCHECK_MB):
     """The QEMU options that boot the guest (besides -m GUEST_MEM)."""
-    return ["-kernel", KERNEL, "-initrd", INITRD, "-append",
-            f"console=ttyS0 quiet panic=-1 memcheck_mb={mb}"]
+    kernel, initrd, append = boot_files(mb)
+    return ["-kernel", kernel, "-initrd", initrd, "-append", append]
 
 
 class Console:

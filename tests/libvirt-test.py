@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""Postcopy recovery driven by libvirt 9.0: two hosts, a real Linux guest.
+
+Two libvirtd (Debian's packages), each in its own network and mount
+namespace with its own host UUID (harness/libvirt_hosts.py), migrate the
+test guest (harness/guest.py: Debian's kernel, memcheck rewriting and
+checking 256 MiB pass after pass) with `virsh migrate --postcopy
+--postcopy-after-precopy`.  Faults are nftables rules between the hosts
+or a socat relay killed; recovery is libvirt's own: `virsh migrate
+--postcopy --postcopy-resume`.  Every case ends with the domain running
+(migrated) on B and gone from A, B's migration job completed, the guest's
+own check clean on both consoles and its pass count going on, on B, from
+where it stopped on A.
+
+  /libvirt/reset/original-uri   TCP resets (nft on A); resume to the
+                                migration's own URI
+  /libvirt/relay-killed/new-port  the socat relay carrying the migration
+                                is killed; resume straight to a new port
+  /libvirt/drop/detected        every packet dropped (nft on A): both
+                                domains say "post-copy failed" within
+                                postcopy-link-timeout + 1 s; resume
+  /libvirt/two-failures         resets; then the resume's link goes
+                                silent in the middle of the received
+                                bitmap; the second resume succeeds
+  /libvirt/domjobabort          `virsh domjobabort --postcopy`; resume
+  /libvirt/auto-recover         postcopy-auto-recover given in the domain
+                                XML (<qemu:commandline>); resets, then the
+                                link is back; no virsh command at all
+  /libvirt/postcopy-bandwidth   --postcopy-bandwidth on resume sets the
+                                resumed migration's rate (measured)
+  /libvirt/interop/ours-to-7.2  source ours, destination QEMU 7.2: resets,
+                                resume
+  /libvirt/interop/7.2-to-ours  source QEMU 7.2, destination ours
+
+Needs root; every case says SKIP with the reason where namespaces or
+libvirt cannot run.  Prints TAP.
+"""
+
+import asyncio
+import os
+import re
+import sys
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "harness"))
+import guest  # noqa: E402
+import libvirt_hosts as lv  # noqa: E402
+from postcopy_harness import DemoError, run_tap, test_options  # noqa: E402
+
+OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
+REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
+
+POSTCOPY_MIBS = 4           # slow enough that the faults land in postcopy
+PRECOPY_MIBS = 200          # below the guest's dirty rate: never converges
+LINK_TIMEOUT_S = 10.0       # our default postcopy-link-timeout
+PORT = lv.MIGRATION_PORT
+# What QEMU prints when it pauses: ours, then QEMU 7.2
+PAUSED_RE = r"Postcopy migration paused|Migration paused\."
+SRC_FAILED = "paused (post-copy failed)"
+DST_FAILED = "running (post-copy failed)"
+
+
+class Migration:
+    """The guest on host A, migrated to host B by virsh."""
+
+    def __init__(self, work, pair, src_qemu, dst_qemu, qemu_args=()):
+        self.work = work
+        self.pair = pair
+        self.a, self.b = pair.a, pair.b
+        self.src_qemu = src_qemu
+        self.dst_qemu = dst_qemu
+        self.qemu_args = qemu_args
+        self.src_console = guest.Console(self.a.path(lv.CONSOLE), "A")
+        self.dst_console = guest.Console(self.b.path(lv.CONSOLE), "B")
+        self.dest_xml = None
+        self.job = None
+        self.pauses = 0
+        self.commands = []
+
+    def log(self, what):
+        print(f"# {what}", flush=True)
+
+    async def boot(self):
+        path = os.path.join(self.work, "domain.xml")
+        with open(path, "w") as f:
+            f.write(lv.domain_xml(self.src_qemu, self.qemu_args))
+        await self.a.virsh("create", path)
+        await self.src_console.wait_passes(2)
+        if self.dst_qemu != self.src_qemu:
+            # The destination's QEMU binary: libvirt takes the domain
+            # definition for the destination from --xml
+            xml = await self.a.virsh("dumpxml", "--migratable", lv.DOMAIN)
+            xml = xml.replace(f"<emulator>{self.src_qemu}</emulator>",
+                              f"<emulator>{self.dst_qemu}</emulator>")
+            self.dest_xml = os.path.join(self.work, "dest.xml")
+            with open(self.dest_xml, "w") as f:
+                f.write(xml)
+
+    def migrate_args(self, uri, *extra):
+        args = ["migrate", "--live", "--postcopy", lv.DOMAIN, self.b.uri,
+                "--migrateuri", uri] + list(extra)
+        if self.dest_xml:
+            args += ["--xml", self.dest_xml]
+        self.commands.append("virsh " + " ".join(args[:3] + ["DOMAIN",
+                                                             "HOST_B"] +
+                                                 args[5:]))
+        return args
+
+    async def start(self, uri=f"tcp://{lv.NET}.2:{PORT}", extra=(),
+                    postcopy_mibs=POSTCOPY_MIBS):
+        """virsh migrate --postcopy --postcopy-after-precopy, in the
+        background; returns once both hosts say post-copy."""
+        args = self.migrate_args(
+            uri, "--postcopy-after-precopy", "--bandwidth",
+            str(PRECOPY_MIBS), "--postcopy-bandwidth", str(postcopy_mibs),
+            *extra)
+        self.job = asyncio.ensure_future(
+            self.a.virsh_rc(*args, timeout=600))
+        await asyncio.gather(
+            self.a.wait_state(lv.DOMAIN, "paused (post-copy)"),
+            self.b.wait_state(lv.DOMAIN, "running (post-copy)"))
+
+    async def failed(self, timeout=60.0):
+        """Both hosts say post-copy failed; the virsh migrate in flight
+        reported the failure; both QEMUs paused.  Returns when the second
+        host said post-copy failed."""
+        t = await asyncio.gather(
+            self.a.wait_state(lv.DOMAIN, SRC_FAILED, timeout),
+            self.b.wait_state(lv.DOMAIN, DST_FAILED, timeout))
+        if self.job:
+            rc, out = await self.job
+            self.job = None
+            if rc == 0 or "post-copy" not in out:
+                raise DemoError(f"virsh migrate: exit {rc}, {out!r}: "
+                                f"expected a post-copy failure")
+        await self.qemus_paused(timeout)
+        return max(t)
+
+    async def qemus_paused(self, timeout=60.0):
+        """libvirt says post-copy failed as soon as one side reported the
+        failure: a resume must wait until the other side's QEMU paused
+        too, or libvirt refuses it ("QEMU reports migration is still
+        running")."""
+        self.pauses += 1
+        await asyncio.gather(
+            self.a.wait_qemu_log(PAUSED_RE, self.pauses, timeout),
+            self.b.wait_qemu_log(PAUSED_RE, self.pauses, timeout))
+
+    async def resume(self, uri=f"tcp://{lv.NET}.2:{PORT}", extra=()):
+        """virsh migrate --postcopy --postcopy-resume; returns its exit
+        status and output."""
+        args = self.migrate_args(uri, "--postcopy-resume", *extra)
+        return await self.a.virsh_rc(*args, timeout=600)
+
+    async def resume_start(self, uri=f"tcp://{lv.NET}.2:{PORT}",
+                           bandwidth=1000):
+        """The resume, in the background (virsh returns when the
+        migration completed); returns once A says post-copy again."""
+        self.job = asyncio.ensure_future(self.resume(
+            uri, ["--postcopy-bandwidth", str(bandwidth)]))
+        await self.a.wait_state(lv.DOMAIN, "paused (post-copy)")
+
+    async def resume_ok(self, uri=f"tcp://{lv.NET}.2:{PORT}",
+                        bandwidth=1000):
+        rc, out = await self.resume(uri, ["--postcopy-bandwidth",
+                                          str(bandwidth)])
+        if rc:
+            raise DemoError(f"virsh migrate --postcopy-resume: {out}")
+
+    async def completed(self):
+        """The end of every case: B runs the domain (migrated), A has
+        none, A's job completed and B's ended, the guest's check clean and counting on
+        from A's last pass."""
+        if self.job:
+            rc, out = await self.job
+            self.job = None
+            if rc:
+                raise DemoError(f"virsh migrate: {out}")
+        await self.b.wait_state(lv.DOMAIN, "running (migrated)", 300)
+        await self.a.wait_state(lv.DOMAIN, None, 60)
+        # A's migration job completed; B's incoming job ended
+        await self.a.wait_event(r"event 'job-completed' for domain",
+                                timeout=30)
+        job = await self.b.virsh("domjobinfo", lv.DOMAIN)
+        if not re.search(r"Job type:\s+None", job):
+            raise DemoError(f"B still has a job: {job}")
+        last_src = self.src_console.last()
+        self.src_console.check()
+        last_dst = await self.dst_console.wait_passes(2, after=last_src)
+        first_dst = self.dst_console.passes()[0][0]
+        if first_dst != last_src + 1:
+            raise DemoError(f"the guest printed pass {last_src} on A, then "
+                            f"pass {first_dst} on B")
+        return (f"memcheck passes 1-{last_src} on A, {first_dst}-{last_dst} "
+                f"on B, all ok")
+
+
+async def with_migration(work, src_qemu, dst_qemu, scenario, qemu_args=()):
+    """Two hosts, the guest booted on A, @scenario(migration), then the
+    end checks; everything torn down, also on failure."""
+    pair = lv.Pair(work)
+    mig = None
+    try:
+        await pair.start()
+        mig = Migration(work, pair, src_qemu, dst_qemu, qemu_args)
+        await mig.boot()
+        what = await scenario(mig)
+        return f"{what}; {await mig.completed()}"
+    finally:
+        if mig and mig.job:
+            mig.job.cancel()
+        for host in (pair.a, pair.b):
+            for line in host.events_since():
+                print(f"# host {host.name}: {line}", flush=True)
+        await pair.stop()
+
+
+async def reset_original_uri(work, tl, ours):
+    async def scenario(mig):
+        await mig.start()
+        mig.pair.reset_link(on="A")
+        t0 = time.monotonic()
+        t = await mig.failed()
+        mig.pair.restore_link()
+        await mig.resume_ok()
+        return (f"resets: both hosts post-copy failed after "
+                f"{t - t0:.1f} s; resumed to the original URI")
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+async def relay_killed_new_port(work, tl, ours):
+    async def scenario(mig):
+        pair = mig.pair
+        await pair.start_relay(PORT, PORT)
+        await mig.start(uri=f"tcp://{pair.relay_addr}:{PORT}",
+                        extra=["--listen-address", "127.0.0.1"])
+        await pair.kill_relay()
+        await mig.failed()
+        await mig.resume_ok(uri=f"tcp://{lv.NET}.2:{PORT + 1}")
+        return "socat relay killed; resumed straight to a new port"
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+async def drop_detected(work, tl, ours):
+    async def scenario(mig):
+        await mig.start()
+        mig.pair.drop_link(on="A")
+        t0 = time.monotonic()
+        t = await mig.failed(timeout=LINK_TIMEOUT_S + 30)
+        if t - t0 > LINK_TIMEOUT_S + 1:
+            raise DemoError(f"post-copy failed on both hosts only "
+                            f"{t - t0:.1f} s after the drop")
+        mig.pair.restore_link()
+        await mig.resume_ok()
+        return (f"packets dropped: both hosts post-copy failed after "
+                f"{t - t0:.1f} s (postcopy-link-timeout "
+                f"{LINK_TIMEOUT_S:.0f} s); resumed")
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+async def two_failures(work, tl, ours):
+    async def scenario(mig):
+        pair = mig.pair
+        await mig.start()
+        pair.reset_link()
+        await mig.failed()
+        pair.restore_link()
+        # The second failure: the link goes silent once B has sent 4 KiB,
+        # in the middle of the received bitmap (12 KiB for 384 MiB)
+        pair.drop_link(quota=4096)
+        rc, out = await mig.resume(extra=["--postcopy-bandwidth", "1000"])
+        if rc == 0:
+            raise DemoError("the resume succeeded on a silent link")
+        for host, want in ((mig.a, SRC_FAILED), (mig.b, DST_FAILED)):
+            state = await host.state(lv.DOMAIN)
+            if state != want:
+                raise DemoError(f"host {host.name} is {state!r} after the "
+                                f"failed resume")
+        # Both QEMUs notice the silence by themselves and pause again
+        await mig.qemus_paused(LINK_TIMEOUT_S + 30)
+        first = out.splitlines()[-1] if out else ""
+        pair.restore_link()
+        await mig.resume_ok()
+        return (f"resets, then a resume cut in its bitmap ({first}); "
+                f"resumed")
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+async def domjobabort(work, tl, ours):
+    async def scenario(mig):
+        await mig.start()
+        await mig.a.virsh("domjobabort", "--postcopy", lv.DOMAIN)
+        await mig.failed()
+        await mig.resume_ok()
+        return "virsh domjobabort --postcopy, then resumed"
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+async def auto_recover(work, tl, ours):
+    async def scenario(mig):
+        pair = mig.pair
+        # Fast enough to complete without a command raising the rate
+        await mig.start(postcopy_mibs=16)
+        since = time.monotonic()
+        pair.reset_link()
+        await mig.failed()
+        status = (await mig.a.qmp(lv.DOMAIN, "query-migrate")).get(
+            "postcopy-auto-recover", {})
+        if status.get("status") != "retrying":
+            raise DemoError(f"A's automatic recovery: {status}")
+        pair.restore_link()
+        back = time.monotonic()
+        await mig.b.wait_state(lv.DOMAIN, "running (migrated)", 300)
+        done = time.monotonic()
+        seen = {h.name: [re.sub(r"^.*?: event ", "", line)
+                         for line in h.events_since(since)]
+                for h in (mig.a, mig.b)}
+        for name, lines in seen.items():
+            if not lines:
+                raise DemoError(f"no libvirt event on host {name}")
+        return (f"resets; {status['attempts']} automatic attempt(s) while "
+                f"cut, then B running (migrated) {done - back:.1f} s after "
+                f"the link came back, with no virsh command")
+
+    return await with_migration(
+        work, ours, ours, scenario,
+        qemu_args=["-global", "migration.postcopy-auto-recover=120000"])
+
+
+async def transferred_rate(host, seconds=3.0):
+    """MiB/s of migration data the source sent over @seconds."""
+    async def sample():
+        info = await host.qmp(lv.DOMAIN, "query-migrate")
+        return time.monotonic(), info["ram"]["transferred"]
+
+    t0, b0 = await sample()
+    await asyncio.sleep(seconds)   # the measurement's own interval
+    t1, b1 = await sample()
+    return (b1 - b0) / (t1 - t0) / (1 << 20)
+
+
+async def postcopy_bandwidth(work, tl, ours):
+    before_mibs, after_mibs = 2, 16
+
+    async def scenario(mig):
+        await mig.start(postcopy_mibs=before_mibs)
+        before = await transferred_rate(mig.a)
+        mig.pair.reset_link()
+        await mig.failed()
+        mig.pair.restore_link()
+        await mig.resume_start(bandwidth=after_mibs)
+        after = await transferred_rate(mig.a)
+        for want, got in ((before_mibs, before), (after_mibs, after)):
+            if not want * 0.5 <= got <= want * 1.25:
+                raise DemoError(f"{got:.1f} MiB/s with --postcopy-bandwidth "
+                                f"{want}")
+        return (f"{before:.1f} MiB/s with --postcopy-bandwidth "
+                f"{before_mibs}, {after:.1f} MiB/s after a resume with "
+                f"--postcopy-bandwidth {after_mibs}")
+
+    return await with_migration(work, ours, ours, scenario)
+
+
+def interop(src_is_ours):
+    async def case(work, tl, ours, ref):
+        async def scenario(mig):
+            await mig.start()
+            mig.pair.reset_link()
+            await mig.failed()
+            mig.pair.restore_link()
+            await mig.resume_ok()
+            return ("resets; resumed to the original URI")
+
+        src, dst = (ours, ref) if src_is_ours else (ref, ours)
+        return await with_migration(work, src, dst, scenario)
+    return case
+
+
+def main():
+    args = test_options(__doc__, OURS, REF)
+    guest.build()
+    cases = [
+        ("/libvirt/reset/original-uri", reset_original_uri, args.ours),
+        ("/libvirt/relay-killed/new-port", relay_killed_new_port,
+         args.ours),
+        ("/libvirt/drop/detected", drop_detected, args.ours),
+        ("/libvirt/two-failures", two_failures, args.ours),
+        ("/libvirt/domjobabort", domjobabort, args.ours),
+        ("/libvirt/auto-recover", auto_recover, args.ours),
+        ("/libvirt/postcopy-bandwidth", postcopy_bandwidth, args.ours),
+        ("/libvirt/interop/ours-to-7.2", interop(True), args.ours,
+         args.ref),
+        ("/libvirt/interop/7.2-to-ours", interop(False), args.ours,
+         args.ref),
+    ]
+    return run_tap(cases, args.verbose, args.prefix,
+                   need=(args.ours, args.ref),
+                   skip=(lv.Unavailable,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
