@@ -15,6 +15,8 @@
 #   make guest    build the test guest (Debian's kernel, busybox, memcheck)
 #   make bench    measure the guest stall after link failures, ours next
 #                 to the reference QEMU 7.2 (QUICK=1: one repetition)
+#   make demo-libvirt  libvirt resumes a postcopy migration between two
+#                 libvirt hosts on this machine (root)
 
 SHELL := /bin/bash
 TOP := $(CURDIR)
@@ -23,7 +25,7 @@ BIN := $(TREE)/build/qemu-system-x86_64
 MIGTEST := $(TREE)/build/tests/qtest/migration-test
 DEPS_STAMP := build/.deps-ok
 
-.PHONY: all deps tree build export demo check verify reference guest bench asan clean
+.PHONY: all deps tree build export demo demo-libvirt check verify reference guest bench asan clean
 
 all: build
 
@@ -53,6 +55,9 @@ DEMO_ARGS ?= --expect recovered
 
 demo: build
 	@/usr/bin/python3 demo/postcopy-demo.py --qemu $(BIN) $(DEMO_ARGS)
+
+demo-libvirt: build guest
+	@/usr/bin/python3 demo/libvirt-demo.py --qemu $(BIN) $(LIBVIRT_DEMO_ARGS)
 
 reference: $(DEPS_STAMP)
 	@scripts/build-reference.sh

@@ -18,6 +18,9 @@ PACKAGES=(
     # the test guest (guest/build-guest.sh; its kernel is downloaded, not
     # installed)
     busybox-static cpio
+    # two libvirt hosts (tests/libvirt-test.py, demo/libvirt-demo.py):
+    # libvirtd, its QEMU driver and virsh, without systemd
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
 
 missing=()

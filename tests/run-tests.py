@@ -41,6 +41,10 @@ def suites(build):
          [sys.executable, os.path.join(TOP, "tests/guest-test.py"),
           "--ours", os.path.join(build, "qemu-system-x86_64")],
          900),
+        ("libvirt-test",
+         [sys.executable, os.path.join(TOP, "tests/libvirt-test.py"),
+          "--ours", os.path.join(build, "qemu-system-x86_64")],
+         1500),
     ]
 
 TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")
