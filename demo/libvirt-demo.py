@@ -41,6 +41,8 @@ async def show(mig):
 
 
 async def operator(mig):
+    say(f"The guest runs on A (memcheck pass {mig.src_console.last()}); "
+        f"migrating it, post-copy after the first pass:")
     await mig.start()
     say("$ " + mig.commands[-1])
     await show(mig)
@@ -65,6 +67,8 @@ async def operator(mig):
 
 
 async def unattended(mig):
+    say(f"The guest runs on A (memcheck pass {mig.src_console.last()}); "
+        f"migrating it, post-copy after the first pass:")
     await mig.start(postcopy_mibs=16)
     say("$ " + mig.commands[-1])
     say("    (the domain XML gives QEMU -global "
