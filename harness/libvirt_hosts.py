@@ -105,7 +105,6 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 seccomp_sandbox = 0
 stdio_handler = "file"
-max_core = "unlimited"
 """
 
 
