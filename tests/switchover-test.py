@@ -19,9 +19,10 @@ and LOADED).  For each cut, exactly one side runs the guest or can:
 Between two QEMUs of ours the outcome is fixed by N: the source resumes
 the guest for every cut before the go-ahead, and the migration recovers
 for every cut after it.  Towards QEMU 7.2 the source resumes the guest
-for every cut before the package's last byte is needed (the PONG before
-the package not back); a cut inside the package may leave no copy
-running, never two.  Two more cases between QEMUs of ours: the
+for every cut before the end of the package (the PONG before the package
+not back, so its last byte held); a cut after it may leave no copy
+running (7.2 failing while it loads the devices), never two.  Two more
+cases between QEMUs of ours: the
 destination fails to load the device state (a device the source has and
 the destination lacks), and the destination is killed while the package
 is on its way: the guest resumes on the source.  Prints TAP.
@@ -77,8 +78,9 @@ class CutProxy:
     either way, "target-lost" drops what the target sends from then on.
     Bytes are held back while the position is unknown, so that a
     negative offset is honoured.  A cut before the end of the package
-    also loses what the target sent since the arming: the link failed
-    there, before any answer to what came later could get through.  (A
+    also loses what the target sent once the package was seen (PING 2,
+    held back until then, included): the link failed there, before any
+    answer to what came later could get through.  (A
     cut further on needs the answers: our source sends the go-ahead only
     once LOADED is back, QEMU 7.2's the last byte of the package once
     the PONG before the package is.)
@@ -93,6 +95,7 @@ class CutProxy:
         self.links = []
         self.armed = None         # (anchor, offset, mode)
         self.hold_answers = False
+        self.package_seen = False
         self.cut = asyncio.Event()
         self.cut_at = None
 
@@ -131,6 +134,7 @@ class CutProxy:
         pkg = buf.find(PACKAGED)
         if pkg < 0:
             return None
+        self.package_seen = True
         if anchor == "package":
             return pkg + offset
         if len(buf) < pkg + PACKAGED_LEN:
@@ -188,8 +192,8 @@ class CutProxy:
                     break
                 if link["target_lost"]:
                     continue
-                if link["main"] and self.armed and self.hold_answers and \
-                        not self.cut.is_set():
+                if link["main"] and self.hold_answers and \
+                        self.package_seen and not self.cut.is_set():
                     continue          # lost with the cut to come
                 writer.write(data)
                 await writer.drain()
@@ -302,14 +306,15 @@ async def recover(src, dst, dump, ours_dst, mode):
     if not ours_dst and mode == "silent":
         # QEMU 7.2 does not notice a silent link: the operator pauses it
         await dst.wait_state(["postcopy-active"])
-        await dst.cmd("migrate-pause")
+        # Out-of-band: the main loop may wait for a page (TCG)
+        await dst.cmd("migrate-pause", oob=True)
     st = await dst.wait_state(["postcopy-paused", "failed"])
     if st != "postcopy-paused":
         if ours_dst:
             raise DemoError(f"no copy left: the destination is '{st}'")
         return None
     uri = f"tcp:127.0.0.1:{free_port()}"
-    await dst.cmd("migrate-recover", uri=uri)
+    await dst.cmd("migrate-recover", uri=uri, oob=True)
     await src.cmd("migrate", uri=uri, resume=True)
     await states((src, dst), "postcopy-active", bad=("failed",))
     await dst.wait_running()
