@@ -34,6 +34,7 @@ import os
 import signal
 import struct
 import sys
+import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "harness"))
@@ -62,6 +63,7 @@ TAIL_PING_LEN = 9
 TAIL_CMD_LEN = 5
 
 LINK_TIMEOUT_MS = 1000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 ABORTED = "Postcopy switchover failed before the destination could run " \
           "the guest, which runs on the source again"
 
@@ -261,15 +263,41 @@ async def start_postcopy(src, dst, proxy, ours_dst):
     await src.cmd("migrate-start-postcopy")
 
 
+def vcpu_seconds(vm):
+    """CPU seconds used so far by the vCPU threads of @vm (TCG)"""
+    total = 0.0
+    task = f"/proc/{vm.proc.pid}/task"
+    for tid in os.listdir(task):
+        try:
+            with open(f"{task}/{tid}/comm") as f:
+                if not f.read().startswith("CPU "):
+                    continue
+            with open(f"{task}/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 async def running(vm):
-    """Whether @vm runs the guest; not if it exited, or is exiting"""
+    """Whether @vm runs the guest; not if it exited, or is exiting.  A
+    destination whose main loop waits for a page that will never come
+    (its device load touched guest memory when the link went) does not
+    answer QMP: its guest runs if its vCPU thread burns CPU, as this
+    guest's loop does."""
     if vm.exited is not None:
         return False
     try:
-        return (await vm.cmd("query-status"))["running"]
+        status = await asyncio.wait_for(vm.qmp.execute("query-status"), 3)
+        return status["running"]
     except (ExecInterruptedError, StateError):
         await asyncio.wait_for(vm.proc.wait(), QMP_TIMEOUT)
         return False
+    except asyncio.TimeoutError:
+        cpu, t0 = vcpu_seconds(vm), time.monotonic()
+        await asyncio.sleep(1.0)          # a measurement, not a wait
+        return (vcpu_seconds(vm) - cpu) / (time.monotonic() - t0) > 0.5
 
 
 async def check_source_kept(src, dst, dump):
