@@ -28,6 +28,12 @@ where it stopped on A.
                                 link is back; no virsh command at all
   /libvirt/postcopy-bandwidth   --postcopy-bandwidth on resume sets the
                                 resumed migration's rate (measured)
+  /libvirt/switchover/load-failure  B's QEMU lacks a device of A's: the
+                                state fails to load at the switch to
+                                postcopy; the guest runs on A again
+                                (libvirt says "running"), B's domain
+                                is gone; migrated again, to a B with
+                                the device
   /libvirt/interop/ours-to-7.2  source ours, destination QEMU 7.2: the
                                 relay killed; resume to the original URI
   /libvirt/interop/7.2-to-ours  source QEMU 7.2, destination ours
@@ -208,6 +214,40 @@ async def postcopy_bandwidth(work, tl, ours):
     return await with_migration(work, ours, ours, scenario)
 
 
+async def switchover_load_failure(work, tl, ours):
+    async def scenario(mig):
+        # B's QEMU lacks a device of A's: loading the state fails there
+        xml = await mig.a.virsh("dumpxml", "--migratable", lv.DOMAIN)
+        mig.dest_xml = os.path.join(work, "dest-lacking.xml")
+        with open(mig.dest_xml, "w") as f:
+            f.write(re.sub(r"\s*<qemu:commandline>.*?</qemu:commandline>",
+                           "", xml, flags=re.S))
+        rc, out = await mig.a.virsh_rc(*mig.migrate_args(
+            f"tcp://{lv.NET}.2:{PORT}", "--postcopy-after-precopy",
+            "--bandwidth", "200", "--postcopy-bandwidth", "4"), timeout=600)
+        if rc == 0 or "Unknown savevm section" not in out:
+            raise DemoError(f"virsh migrate: exit {rc}, {out!r}: expected "
+                            f"the destination's load error")
+        # The guest runs on A again, where its check goes on; B has none
+        state = await mig.a.state(lv.DOMAIN)
+        if not state.startswith("running"):
+            raise DemoError(f"A: {state}")
+        await mig.b.wait_state(lv.DOMAIN, None)
+        await mig.a.wait_event(r"event 'lifecycle' for domain .*: "
+                               r"Resumed Unpaused")
+        last = mig.src_console.last()
+        await mig.src_console.wait_passes(2, after=last)
+        # libvirt can migrate the domain again, this time to a B that has
+        # the device
+        mig.dest_xml = None
+        await mig.start()
+        return (f"load failed on B, the guest runs on A again ({state}); "
+                f"migrated again")
+
+    return await with_migration(work, ours, ours, scenario,
+                                qemu_args=["-device", "i6300esb"])
+
+
 def interop(src_is_ours):
     async def case(work, tl, ours, ref):
         async def scenario(mig):
@@ -242,6 +282,8 @@ def main():
         ("/libvirt/domjobabort", domjobabort, args.ours),
         ("/libvirt/auto-recover", auto_recover, args.ours),
         ("/libvirt/postcopy-bandwidth", postcopy_bandwidth, args.ours),
+        ("/libvirt/switchover/load-failure", switchover_load_failure,
+         args.ours),
         ("/libvirt/interop/ours-to-7.2", interop(True), args.ours,
          args.ref),
         ("/libvirt/interop/7.2-to-ours", interop(False), args.ours,
