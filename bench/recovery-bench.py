@@ -169,6 +169,17 @@ def fmt(s, unit="s", scale=1.0, digits=3):
 
 async def run(args):
     results = {}
+    if "switchover" in args.scenarios:
+        results.update(await run_switchover(args))
+    if "stall" in args.scenarios:
+        results.update(await run_stall(args))
+    if "black-hole" in args.scenarios and os.geteuid() == 0:
+        results.update(await run_black_hole(args))
+    return results
+
+
+async def run_switchover(args):
+    results = {}
     handshake, no_handshake, ref = [], [], []
     for _ in range(args.reps):
         handshake.append(await switchover(args.ours, args.ours))
@@ -178,6 +189,11 @@ async def run(args):
         "ours to ours (handshake)": summary(handshake),
         "7.2 to 7.2": summary(ref),
         "ours to 7.2 (no handshake, last byte held)": summary(no_handshake)}
+    return results
+
+
+async def run_stall(args):
+    results = {}
     for d in OUTAGES:
         ours, ref, cpu = [], [], []
         for _ in range(args.reps):
@@ -190,18 +206,20 @@ async def run(args):
             "ours (automatic)": summary(ours),
             "7.2 (instant operator)": summary(ref),
             "source CPU while down, ours (cores)": summary(cpu)}
-    if os.geteuid() == 0:
-        paused, active = [], []
-        for _ in range(args.reps):
-            p, a = await black_hole(args.ours)
-            paused.append(p)
-            active.append(a)
-        results["black-hole"] = {
-            f"both paused after (T = {LINK_TIMEOUT_MS} ms)": summary(paused),
-            "both active after the link's return": summary(active),
-            "7.2": "the 7.2 destination never detects a black hole; "
-                   "recovery needs an operator"}
     return results
+
+
+async def run_black_hole(args):
+    paused, active = [], []
+    for _ in range(args.reps):
+        p, a = await black_hole(args.ours)
+        paused.append(p)
+        active.append(a)
+    return {"black-hole": {
+        f"both paused after (T = {LINK_TIMEOUT_MS} ms)": summary(paused),
+        "both active after the link's return": summary(active),
+        "7.2": "the 7.2 destination never detects a black hole; "
+               "recovery needs an operator"}}
 
 
 def main():
@@ -209,6 +227,9 @@ def main():
     ap.add_argument("--ours", default=OURS)
     ap.add_argument("--ref", default=REF)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--scenarios", default="switchover,stall,black-hole",
+                    type=lambda v: v.split(","),
+                    help="comma-separated: switchover, stall, black-hole")
     ap.add_argument("--json", default=os.path.join(TOP, "build",
                                                    "recovery-bench.json"))
     args = ap.parse_args()
