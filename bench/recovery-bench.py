@@ -253,8 +253,12 @@ def main():
                 print(f"{name:<24} {measure:<42} {s}")
                 continue
             cpu = "CPU" in measure
-            text = fmt(s, "%" if cpu else "s", 100.0 if cpu else 1.0,
-                       2 if cpu else 3)
+            if cpu:
+                text = fmt(s, "%", 100.0, 2)
+            elif "downtime" in name:
+                text = fmt(s, "ms", 1000.0, 2)
+            else:
+                text = fmt(s, "s", 1.0, 3)
             ratio = ""
             if s is ours and ref:
                 ratio = f"{ours['median'] / ref['median']:.2f}"
