@@ -346,7 +346,29 @@ async def recover(src, dst, dump, ours_dst, mode):
     await src.cmd("migrate", uri=uri, resume=True)
     await states((src, dst), "postcopy-active", bad=("failed",))
     await dst.wait_running()
-    return await complete_and_check(src, dst, dump)
+    pages = await complete_and_check(src, dst, dump)
+    if ours_dst:
+        await check_stats(src, dst)
+    return pages
+
+
+async def check_stats(src, dst):
+    """After the migration completed: one pause, one recovery, on both
+    sides, and the bitmaps that the source received are those that the
+    destination sent"""
+    stats = []
+    for vm in (src, dst):
+        st = (await vm.cmd("query-migrate")).get("postcopy-recovery")
+        if not st or (st["pauses"], st["recoveries"],
+                      st["failed-attempts"]) != (1, 1, 0) or \
+                not 0 < st["last-recovery-time"] <= st["paused-time"] or \
+                not st.get("last-pause-reason") or not st["bitmap-bytes"]:
+            raise DemoError(f"{vm.name}: postcopy-recovery {st}")
+        stats.append(st)
+    if stats[0]["bitmap-bytes"] != stats[1]["bitmap-bytes"]:
+        raise DemoError(f"bitmaps: the source received "
+                        f"{stats[0]['bitmap-bytes']} bytes, the destination "
+                        f"sent {stats[1]['bitmap-bytes']}")
 
 
 async def sweep_case(work, tl, dst_bin, anchor, offset, mode, expect):
