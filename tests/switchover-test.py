@@ -68,6 +68,11 @@ ABORTED = "Postcopy switchover failed before the destination could run " \
           "the guest, which runs on the source again"
 
 
+async def forever():
+    """Wait for ever (until cancelled)"""
+    await asyncio.Event().wait()
+
+
 class CutProxy:
     """Forward one TCP port to another, and cut the first connection (the
     main channel) at a byte position found in the stream.
@@ -148,14 +153,20 @@ class CutProxy:
         run = buf.find(RUN, end)
         return None if run < 0 else run + offset
 
+    @staticmethod
+    async def _read(reader, link):
+        """What comes next from @reader; once @link is silent, nothing"""
+        data = await reader.read(65536)
+        if link["silent"]:
+            await forever()
+        return data
+
     async def _forward(self, reader, writer, link):
         buf = b""             # the stream since arming
         sent = 0              # how much of it went out
         try:
             while True:
-                data = await reader.read(65536)
-                if link["silent"]:
-                    await asyncio.Event().wait()
+                data = await self._read(reader, link)
                 if not data:
                     break
                 if not (link["main"] and self.armed) or self.cut.is_set():
@@ -173,7 +184,7 @@ class CutProxy:
                 if pos is not None and sent == pos:
                     await self._cut(link, pos)
                     if link["silent"]:
-                        await asyncio.Event().wait()
+                        await forever()
                     if not link["target_lost"]:
                         break
                     writer.write(buf[sent:])
@@ -185,12 +196,10 @@ class CutProxy:
     async def _backward(self, reader, writer, link):
         try:
             while True:
-                data = await reader.read(65536)
-                if link["silent"]:
-                    await asyncio.Event().wait()
+                data = await self._read(reader, link)
                 if not data:
                     if link["target_lost"]:
-                        await asyncio.Event().wait()
+                        await forever()
                     break
                 if link["target_lost"]:
                     continue
