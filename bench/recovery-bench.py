@@ -16,6 +16,12 @@ down (its retries), and, with network namespaces (root), a black hole
 both sides paused, and until both were active again after the link's
 return.
 
+Failure detection: from the fault to each side's postcopy-paused, for a
+reset link (RST) and for a black hole (the proxy forwards nothing and
+closes nothing; ours with postcopy-link-timeout T, QEMU 7.2 never notices).
+Recovery: from the resume command to postcopy-active on both sides, plain,
+with postcopy-preempt, and over TLS (PSK).
+
 The downtime of the switch to postcopy, from the source's STOP event to
 the destination's RESUME event (QMP timestamps, one clock): ours to ours
 (the destination runs the guest on the source's go-ahead, after saying
@@ -153,6 +159,75 @@ async def switchover(src_bin, dst_bin):
     return downtime
 
 
+def tls_args(work, endpoint):
+    """A PSK TLS credentials object, the same key on both sides"""
+    keys = os.path.join(work, "psk")
+    os.makedirs(keys, exist_ok=True)
+    with open(os.path.join(keys, "keys.psk"), "w") as f:
+        f.write("qemu:" + "9d" * 32 + "\n")
+    return ["-object",
+            f"tls-creds-psk,id=tls0,endpoint={endpoint},dir={keys}"]
+
+
+async def detection(qemu, ours, fault):
+    """One postcopy migration, one fault ("reset" or "black-hole"): the
+    seconds from the fault to postcopy-paused on (source, destination)"""
+    work = tempfile.mkdtemp(prefix="postcopy-bench-")
+    tl = Timeline()
+    tl.log = lambda who, what: None
+    params = {"postcopy-link-timeout": LINK_TIMEOUT_MS} if ours else None
+    async with proxied_pair(work, tl, qemu, qemu) as pair:
+        src, dst, proxy = pair
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await enter_postcopy(src, dst, uri, params=params)
+        marks = (len(src.history), len(dst.history))
+        t0 = tl.now()
+        if fault == "reset":
+            proxy.break_links()
+        else:
+            proxy.stall_links()
+        paused = []
+        for vm, start in zip((src, dst), marks):
+            await vm.wait_sequence(start, ["postcopy-paused"])
+            paused.append(next(t for t, st in vm.history[start:]
+                               if st == "postcopy-paused") - t0)
+        proxy.break_links()
+        await src.cmd("migrate", uri=uri, resume=True)
+        await states((src, dst), "postcopy-active")
+        await complete_and_check(src, dst, os.path.join(work, "mem"))
+    subprocess.run(["rm", "-rf", work])
+    return paused
+
+
+async def recovery(qemu, mode):
+    """One postcopy migration ("plain", "preempt" or "tls"), its link
+    reset: the seconds from the resume command to postcopy-active on
+    both sides"""
+    work = tempfile.mkdtemp(prefix="postcopy-bench-")
+    tl = Timeline()
+    tl.log = lambda who, what: None
+    src_extra = tls_args(work, "client") if mode == "tls" else []
+    dst_extra = tls_args(work, "server") if mode == "tls" else []
+    caps = ("postcopy-preempt",) if mode == "preempt" else ()
+    params = {"tls-creds": "tls0"} if mode == "tls" else None
+    async with proxied_pair(work, tl, qemu, qemu, src_extra=src_extra,
+                            dst_extra=dst_extra) as pair:
+        src, dst, proxy = pair
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await enter_postcopy(src, dst, uri, caps=caps, params=params)
+        proxy.break_links()
+        await states((src, dst), "postcopy-paused")
+        marks = (len(src.history), len(dst.history))
+        t0 = tl.now()
+        await src.cmd("migrate", uri=uri, resume=True)
+        for vm, start in zip((src, dst), marks):
+            await vm.wait_sequence(start, ["postcopy-active"])
+        took = max(vm.history[-1][0] for vm in (src, dst)) - t0
+        await complete_and_check(src, dst, os.path.join(work, "mem"))
+    subprocess.run(["rm", "-rf", work])
+    return took
+
+
 def summary(values):
     if not values:
         return None
@@ -169,12 +244,52 @@ def fmt(s, unit="s", scale=1.0, digits=3):
 
 async def run(args):
     results = {}
+    if "detection" in args.scenarios:
+        results.update(await run_detection(args))
+    if "recovery" in args.scenarios:
+        results.update(await run_recovery(args))
     if "switchover" in args.scenarios:
         results.update(await run_switchover(args))
     if "stall" in args.scenarios:
         results.update(await run_stall(args))
     if "black-hole" in args.scenarios and os.geteuid() == 0:
         results.update(await run_black_hole(args))
+    return results
+
+
+async def run_detection(args):
+    results = {}
+    for fault in ("reset", "black-hole"):
+        rows = {}
+        ours = [await detection(args.ours, True, fault)
+                for _ in range(args.reps)] if fault == "black-hole" else []
+        ref = []
+        if fault == "reset":
+            for _ in range(args.reps):
+                ours.append(await detection(args.ours, True, fault))
+                ref.append(await detection(args.ref, False, fault))
+        for i, side in enumerate(("source", "destination")):
+            rows[f"ours, {side}"] = summary([p[i] for p in ours])
+            if ref:
+                rows[f"7.2, {side}"] = summary([p[i] for p in ref])
+        if fault == "black-hole":
+            rows["ours, T"] = f"postcopy-link-timeout {LINK_TIMEOUT_MS} ms"
+            rows["7.2"] = "never detected: QEMU 7.2 has no dead-link " \
+                          "detection; recovery needs an operator"
+        results[f"detection/{fault}"] = rows
+    return results
+
+
+async def run_recovery(args):
+    results = {}
+    for mode in ("plain", "preempt", "tls"):
+        ours, ref = [], []
+        for _ in range(args.reps):
+            ours.append(await recovery(args.ours, mode))
+            ref.append(await recovery(args.ref, mode))
+        results[f"recovery/{mode}"] = {
+            "ours (command to both active)": summary(ours),
+            "7.2 (command to both active)": summary(ref)}
     return results
 
 
@@ -227,9 +342,11 @@ def main():
     ap.add_argument("--ours", default=OURS)
     ap.add_argument("--ref", default=REF)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--scenarios", default="switchover,stall,black-hole",
+    ap.add_argument("--scenarios",
+                    default="detection,recovery,switchover,stall,black-hole",
                     type=lambda v: v.split(","),
-                    help="comma-separated: switchover, stall, black-hole")
+                    help="comma-separated: detection, recovery, switchover, "
+                         "stall, black-hole")
     ap.add_argument("--json", default=os.path.join(TOP, "build",
                                                    "recovery-bench.json"))
     args = ap.parse_args()
@@ -260,7 +377,7 @@ def main():
             else:
                 text = fmt(s, "s", 1.0, 3)
             ratio = ""
-            if s is ours and ref:
+            if s is ours and isinstance(ref, dict):
                 ratio = f"{ours['median'] / ref['median']:.2f}"
             print(f"{name:<24} {measure:<42} {text:>28} {ratio:>9}")
     with open(args.json, "w") as f:
