@@ -423,11 +423,14 @@ async def slow_network(work, tl, src_bin, dst_bin):
     with Namespaces() as ns:
         async with netns_pair(ns, work, tl, src_bin, dst_bin) as pair:
             src, dst, uri = pair
-            await start_postcopy(src, dst, uri, limit_ms, (src, dst),
-                                 bandwidth=0)
+            await start_postcopy(src, dst, uri, limit_ms, (src, dst))
             # Unlimited postcopy into a 256 kbit/s link: the socket buffers
-            # fill up, and the heartbeat must not wait behind them
+            # fill up, and the heartbeat must not wait behind them.  The
+            # link is slow before postcopy goes at full speed: else the
+            # migration may complete first
             ns.shape(rate)
+            await src.cmd("migrate-set-parameters",
+                          **{"max-postcopy-bandwidth": 0})
             sent0 = (await src.cmd("query-migrate"))["ram"]["transferred"]
             deadline = time.monotonic() + watch
             while time.monotonic() < deadline:
