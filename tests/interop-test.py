@@ -162,6 +162,9 @@ class FakeDestination:
         await self.server.wait_closed()
 
 
+END_MARK = 0x0123456789abcdef
+
+
 def rp_message(msg_type, payload):
     return struct.pack(">HH", msg_type, len(payload)) + payload
 
@@ -175,6 +178,56 @@ def rp_recv_bitmap(block, size=None, body=b"", end=None):
     return msg
 
 
+def rp_recv_bitmap_rle(block, pages, runs, size=None, end=END_MARK):
+    """MIG_RP_MSG_RECV_BITMAP_RLE for @block: @pages, the bytes @runs
+    (said to be @size bytes, by default their length), the end mark @end
+    (None: none)"""
+    msg = rp_message(9, bytes([len(block)]) + block)
+    msg += struct.pack(">QQ", pages, len(runs) if size is None else size)
+    msg += runs
+    if end is not None:
+        msg += struct.pack(">Q", end)
+    return msg
+
+
+def leb128(*lengths):
+    """The run lengths @lengths, as bitmap-rle.h encodes them"""
+    out = bytearray()
+    for n in lengths:
+        while True:
+            out.append((n & 0x7f) | (0x80 if n > 0x7f else 0))
+            n >>= 7
+            if not n:
+                break
+    return bytes(out)
+
+
+async def fake_attempt(src, reply, want, close=False):
+    """Resume @src towards a FakeDestination that answers @reply; the
+    attempt must fail with an error-desc that starts with @want, which
+    is returned whole."""
+    fake = FakeDestination(reply, close)
+    await fake.start()
+    start = len(src.history)
+    try:
+        await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.port}",
+                      resume=True)
+        await src.wait_sequence(start, ["postcopy-recover",
+                                        "postcopy-paused"])
+    finally:
+        await fake.stop()
+    desc = (await src.cmd("query-migrate")).get("error-desc", "")
+    if not desc.startswith(want):
+        raise DemoError(f"error-desc {desc!r}, expected {want!r}")
+    return desc
+
+
+async def recovery_stats(vms):
+    """The postcopy-recovery statistics of each of @vms"""
+    return [(await vm.cmd("query-migrate"))["postcopy-recovery"]
+            for vm in vms]
+
+
 async def fake_destination(work, pairs):
     """Bad return-path input during a recovery: a clear error, no loss."""
     (src, dst, proxy), = pairs
@@ -182,21 +235,8 @@ async def fake_destination(work, pairs):
     proxy.break_links()
     await states(vms, "postcopy-paused")
 
-    async def attempt(reply, want, close=False):
-        fake = FakeDestination(reply, close)
-        await fake.start()
-        start = len(src.history)
-        try:
-            await src.cmd("migrate", uri=f"tcp:127.0.0.1:{fake.port}",
-                          resume=True)
-            await src.wait_sequence(start, ["postcopy-recover",
-                                            "postcopy-paused"])
-        finally:
-            await fake.stop()
-        desc = (await src.cmd("query-migrate")).get("error-desc", "")
-        if not desc.startswith(want):
-            raise DemoError(f"error-desc {desc!r}, expected {want!r}")
-        return desc
+    def attempt(reply, want, close=False):
+        return fake_attempt(src, reply, want, close)
 
     await attempt(rp_recv_bitmap(b"nosuch"),
                   "Received bitmap of unknown RAMBlock 'nosuch'")
@@ -223,6 +263,88 @@ async def fake_destination(work, pairs):
     pages = await complete_and_check(src, dst,
                                      os.path.join(work, "dest-memory"))
     return f"6 bad replies, each a precise error; {pages} pages verified"
+
+
+async def fake_destination_rle(work, pairs):
+    """Malformed run-length encoded bitmaps: a clear error each, no loss;
+    then a real recovery with an encoded bitmap, smaller than the plain."""
+    (src, dst, proxy), = pairs
+    vms = [src, dst]
+    proxy.break_links()
+    await states(vms, "postcopy-paused")
+    block = b"pc.ram"
+    prefix = "Received bitmap of RAMBlock 'pc.ram'"
+    bad = f"{prefix} is malformed: "
+
+    desc = await fake_attempt(src, rp_recv_bitmap_rle(block, 5, b"\0"),
+                              f"{prefix}: 5 pages, expected ")
+    pages = int(desc.rsplit(" ", 1)[1])
+    plain = (pages + 63) // 64 * 8
+    await fake_attempt(src, rp_recv_bitmap_rle(block, pages, b"\0" * plain),
+                       f"{prefix}: {plain} bytes, expected fewer than "
+                       f"{plain}")
+    for runs, want in (
+            (leb128(0, pages + 1), f"run 1 of {pages + 1} bits goes past "
+             f"the end of the bitmap, at bit 0 of {pages}"),
+            (leb128(10, 0, pages - 10), "run 1 is empty"),
+            (leb128(pages - 1), f"the runs end at bit {pages - 1} of "
+             f"{pages}"),
+            (leb128(10) + b"\x80", "run 1: the encoding ends within its "
+             "length"),
+            (b"\x8a\x00", "run 0: length not in its shortest form"),
+            (b"", "no run")):
+        await fake_attempt(src, rp_recv_bitmap_rle(block, pages, runs),
+                           bad + want)
+    await fake_attempt(src, rp_recv_bitmap_rle(block, pages, b"\0" * 10, 100,
+                                               None),
+                       f"{prefix} is truncated", close=True)
+    await fake_attempt(src, rp_recv_bitmap_rle(block, pages, leb128(pages),
+                                               end=0),
+                       f"{prefix} has no end mark (0x0)")
+    if dst.state != "postcopy-paused":
+        raise DemoError(f"destination is '{dst.state}'")
+
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                  resume=True)
+    await states(vms, "postcopy-active", bad=("failed",))
+    stats = await recovery_stats(vms)
+    sent = [st["bitmap-bytes"] for st in stats]
+    if sent[0] != sent[1] or not 0 < sent[0] < plain:
+        raise DemoError(f"bitmap bytes: source {sent[0]}, destination "
+                        f"{sent[1]}; pc.ram alone is {plain} as plain bits")
+    checked = await complete_and_check(src, dst,
+                                       os.path.join(work, "dest-memory"))
+    return (f"10 bad encodings, each a precise error; then {sent[0]} bytes "
+            f"of bitmaps (pc.ram: {plain} as plain bits); "
+            f"{checked} pages verified")
+
+
+async def fake_destination_unannounced(work, pairs):
+    """A source that migrates to 7.2 refuses an encoded bitmap, and gets
+    plain bits from the real 7.2 destination."""
+    (src, dst, proxy), = pairs
+    vms = [src, dst]
+    proxy.break_links()
+    await states(vms, "postcopy-paused")
+    await fake_attempt(src, rp_recv_bitmap_rle(b"pc.ram", 1, leb128(1)),
+                       "Received bitmap of RAMBlock 'pc.ram' run-length "
+                       "encoded, from a destination that did not say it "
+                       "knows the encoding")
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}",
+                  resume=True)
+    await states(vms, "postcopy-active", bad=("failed",))
+    sent, = [st["bitmap-bytes"] for st in await recovery_stats([src])]
+    pages = int((await src.cmd("human-monitor-command",
+                               **{"command-line": "info ramblock"}))
+                .split("pc.ram", 1)[1].split()[3], 16) // 4096
+    plain = 16 + (pages + 63) // 64 * 8
+    if sent < plain:
+        raise DemoError(f"{sent} bytes of bitmaps from 7.2, fewer than "
+                        f"pc.ram's {plain} as plain bits")
+    checked = await complete_and_check(src, dst,
+                                       os.path.join(work, "dest-memory"))
+    return (f"refused; then {sent} bytes of plain bitmaps from 7.2; "
+            f"{checked} pages verified")
 
 
 async def earlier_migration(work, tl, ours, ref):
@@ -411,6 +533,12 @@ def main():
         # badly
         ("/wire/fake-destination", with_pairs, ours, ("",),
          fake_destination),
+        # Not interop: the same with run-length encoded bitmaps
+        ("/wire/fake-destination/rle", with_pairs, ours, ("",),
+         fake_destination_rle),
+        # Our source, migrating to 7.2, takes no encoded bitmap
+        ("/wire/fake-destination/rle-unannounced", with_pairs, ref, ("",),
+         fake_destination_unannounced, ours),
         # A fake source tries to recover a 7.2 source's migration to ours
         ("/wire/fake-source", with_pairs, ours, ("",), fake_source, ref),
     ]
