@@ -49,14 +49,22 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "harness"))
 sys.path.insert(0, os.path.join(TOP, "tests"))
+import figures  # noqa: E402
 from postcopy_harness import (  # noqa: E402
-    DemoError, QMP_TIMEOUT, Timeline, complete_and_check, enter_postcopy,
-    proxied_pair, states)
+    DemoError, MEM_END, MEM_START, QMP_TIMEOUT, STATE_TIMEOUT, Timeline,
+    check_guest_memory, complete_and_check, enter_postcopy, proxied_pair,
+    states)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
 OUTAGES = (0.5, 2.0, 10.0)
 LINK_TIMEOUT_MS = 2000
+GUESTS_GIB = (1, 4, 16)
+# A side not paused this long after a silent failure never notices it
+NOT_DETECTED_WAIT = 5 * LINK_TIMEOUT_MS / 1000
+# Postcopy's pace in the no-failure runs: the 150 MB guest's dirty pages
+# take a few seconds, long enough to be measured
+NO_FAILURE_POSTCOPY_BW = 20 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,35 +110,67 @@ async def outage(qemu, ours, down_for):
     return stall, (cpu if ours else None)
 
 
-async def black_hole(qemu):
-    """Ours, in network namespaces: (both paused after, active again after
-    the link came back)."""
+async def paused_after(vms, marks, t0, wait):
+    """For each of @vms, the seconds from @t0 to its first postcopy-paused
+    after its history mark in @marks; None if it did not pause within
+    @wait seconds"""
+    out = []
+    for vm, start in zip(vms, marks):
+        try:
+            await vm.wait_sequence(start, ["postcopy-paused"],
+                                   timeout=max(0.1, wait - (vm.tl.now() - t0)))
+        except DemoError:
+            out.append(None)
+            continue
+        out.append(next(t for t, st in vm.history[start:]
+                        if st == "postcopy-paused") - t0)
+    return out
+
+
+async def nft_drop(qemu, ours):
+    """One postcopy migration between network namespaces, nftables
+    dropping every packet: (source and destination paused after, or
+    None if not within NOT_DETECTED_WAIT; both active again after the
+    link's return, ours only).  Ours recovers by itself; 7.2 goes on
+    once the link is back, as TCP retransmits."""
     import importlib
     link_test = importlib.import_module("link-test")
     work = tempfile.mkdtemp(prefix="postcopy-bench-")
     tl = Timeline()
     tl.log = lambda who, what: None
+    active = None
     with link_test.Namespaces() as ns:
         async with link_test.netns_pair(ns, work, tl, qemu, qemu) as pair:
             src, dst, uri = pair
             await link_test.start_postcopy(src, dst, uri, LINK_TIMEOUT_MS,
-                                           (src, dst))
-            await src.cmd("migrate-set-parameters",
-                          **{"postcopy-auto-recover": 600000})
+                                           (src, dst) if ours else ())
+            if ours:
+                await src.cmd("migrate-set-parameters",
+                              **{"postcopy-auto-recover": 600000})
+            marks = (len(src.history), len(dst.history))
             t0 = tl.now()
             ns.drop()
-            await states((src, dst), "postcopy-paused",
-                         timeout=link_test.DETECT_WAIT)
-            paused = max(t for vm in (src, dst) for t, st in vm.history
-                         if st == "postcopy-paused") - t0
-            await asyncio.sleep(2.0 + jitter())
-            marks = (len(src.history), len(dst.history))
-            back = tl.now()
-            ns.restore()
-            for vm, start in zip((src, dst), marks):
-                await vm.wait_sequence(start, ["postcopy-active"])
-            active = max(vm.history[-1][0] for vm in (src, dst)) - back
-            await complete_and_check(src, dst, os.path.join(work, "mem"))
+            paused = await paused_after((src, dst), marks, t0,
+                                        NOT_DETECTED_WAIT)
+            if ours:
+                if None in paused:
+                    raise DemoError(f"ours did not pause: {paused}")
+                await asyncio.sleep(2.0 + jitter())
+                marks = (len(src.history), len(dst.history))
+                back = tl.now()
+                ns.restore()
+                for vm, start in zip((src, dst), marks):
+                    await vm.wait_sequence(start, ["postcopy-active"])
+                active = max(vm.history[-1][0] for vm in (src, dst)) - back
+                await complete_and_check(src, dst,
+                                         os.path.join(work, "mem"))
+            else:
+                if paused != [None, None]:
+                    raise DemoError(f"7.2 paused: {paused}")
+                # TCP retransmits once the link is back: 7.2 goes on
+                ns.restore()
+                await complete_and_check(src, dst,
+                                         os.path.join(work, "mem"))
     subprocess.run(["rm", "-rf", work])
     return paused, active
 
@@ -171,7 +211,8 @@ def tls_args(work, endpoint):
 
 async def detection(qemu, ours, fault):
     """One postcopy migration, one fault ("reset" or "black-hole"): the
-    seconds from the fault to postcopy-paused on (source, destination)"""
+    seconds from the fault to postcopy-paused on (source, destination),
+    None where it did not pause within NOT_DETECTED_WAIT"""
     work = tempfile.mkdtemp(prefix="postcopy-bench-")
     tl = Timeline()
     tl.log = lambda who, what: None
@@ -186,12 +227,13 @@ async def detection(qemu, ours, fault):
             proxy.break_links()
         else:
             proxy.stall_links()
-        paused = []
-        for vm, start in zip((src, dst), marks):
-            await vm.wait_sequence(start, ["postcopy-paused"])
-            paused.append(next(t for t, st in vm.history[start:]
-                               if st == "postcopy-paused") - t0)
+        paused = await paused_after((src, dst), marks, t0,
+                                    NOT_DETECTED_WAIT)
+        if None in paused and (ours or fault == "reset"):
+            raise DemoError(f"{fault}: no pause within "
+                            f"{NOT_DETECTED_WAIT:.0f} s: {paused}")
         proxy.break_links()
+        await states((src, dst), "postcopy-paused")
         await src.cmd("migrate", uri=uri, resume=True)
         await states((src, dst), "postcopy-active")
         await complete_and_check(src, dst, os.path.join(work, "mem"))
@@ -228,6 +270,120 @@ async def recovery(qemu, mode):
     return took
 
 
+async def start_postcopy_now(src, dst, uri, caps=(), precopy_bw=1 << 20,
+                             postcopy_bw=0):
+    """Migrate @src to @dst at @uri and switch to postcopy at once, before
+    precopy sent much: most pages are still to be sent in postcopy."""
+    capabilities = [{"capability": c, "state": True}
+                    for c in ("postcopy-ram",) + tuple(caps)]
+    for vm in (src, dst):
+        await vm.cmd("migrate-set-capabilities", capabilities=capabilities)
+    await src.cmd("migrate-set-parameters",
+                  **{"max-bandwidth": precopy_bw,
+                     "max-postcopy-bandwidth": postcopy_bw})
+    await src.cmd("migrate", uri=uri)
+    await src.wait_state(["active"])
+    await src.cmd("migrate-start-postcopy")
+    await states((src, dst), "postcopy-active")
+    await dst.wait_running()
+
+
+async def recovery_bytes(qemu, ours, gib):
+    """One postcopy migration of a guest of @gib GiB, its link reset once
+    half of the RAM was sent in postcopy: (bytes the destination sent from
+    the resume command until both sides were postcopy-active, the
+    bitmap-bytes statistic or None for 7.2, the fraction of RAM still to
+    send at the failure)"""
+    work = tempfile.mkdtemp(prefix="postcopy-bench-")
+    tl = Timeline()
+    tl.log = lambda who, what: None
+    total = gib << 30
+    # The guest's own pages (100 MB, asked for as it runs) take most of
+    # it; the untouched pages, zero pages of a few bytes each, go fast
+    bw = max(8, 2 * gib) << 20
+    async with proxied_pair(work, tl, qemu, qemu, mem=f"{gib}G") as pair:
+        src, dst, proxy = pair
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await start_postcopy_now(src, dst, uri, postcopy_bw=bw)
+        deadline = time.monotonic() + STATE_TIMEOUT
+        while True:
+            ram = (await src.cmd("query-migrate"))["ram"]
+            if ram["remaining"] <= total // 2:
+                break
+            if time.monotonic() > deadline:
+                raise DemoError(f"{gib} GiB: {ram['remaining']} bytes "
+                                "still to send after "
+                                f"{STATE_TIMEOUT:.0f} s")
+            await asyncio.sleep(0.02)
+        proxy.break_links()
+        left = ram["remaining"] / total
+        await states((src, dst), "postcopy-paused")
+        before = proxy.forwarded["to-client"]
+        await src.cmd("migrate", uri=uri, resume=True)
+        await states((src, dst), "postcopy-active", bad=("failed",))
+        sent = proxy.forwarded["to-client"] - before
+        stat = None
+        if ours:
+            info = await src.cmd("query-migrate")
+            stat = info["postcopy-recovery"]["bitmap-bytes"]
+        await complete_and_check(src, dst, os.path.join(work, "mem"))
+    subprocess.run(["rm", "-rf", work])
+    return sent, stat, left
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def no_failure(qemu):
+    """One postcopy migration of a guest that dirties memory, nothing
+    failing: total time, downtime (both in ms, as query-migrate says),
+    postcopy-blocktime (ms, the destination's), pages per second in
+    postcopy, and the largest RSS of the source and of the destination
+    QEMU during postcopy (bytes)"""
+    work = tempfile.mkdtemp(prefix="postcopy-bench-")
+    tl = Timeline()
+    tl.log = lambda who, what: None
+    async with proxied_pair(work, tl, qemu, qemu) as pair:
+        src, dst, proxy = pair
+        uri = f"tcp:127.0.0.1:{proxy.port}"
+        await enter_postcopy(src, dst, uri, caps=("postcopy-blocktime",),
+                             postcopy_bw=NO_FAILURE_POSTCOPY_BW)
+        ram = (await src.cmd("query-migrate"))["ram"]
+        pages0, t0 = ram["normal"] + ram["duplicate"], tl.now()
+        rss = [0, 0]
+        while True:
+            for i, vm in enumerate((src, dst)):
+                rss[i] = max(rss[i], rss_bytes(vm.proc.pid))
+            if src.state == "completed" and dst.state == "completed":
+                break
+            if tl.now() - t0 > STATE_TIMEOUT or \
+                    "failed" in (src.state, dst.state):
+                raise DemoError(f"no completion: {src.state}, {dst.state}")
+            await asyncio.sleep(0.05)
+        done = next(t for t, st in src.history if st == "completed")
+        info = await src.cmd("query-migrate")
+        dinfo = await dst.cmd("query-migrate")
+        ram = info["ram"]
+        pages = ram["normal"] + ram["duplicate"] - pages0
+        took = done - t0
+        await dst.cmd("stop")
+        await dst.cmd("pmemsave", val=MEM_START, size=MEM_END - MEM_START,
+                      filename=os.path.join(work, "mem"))
+        _, bad = check_guest_memory(os.path.join(work, "mem"))
+        if bad:
+            raise DemoError(f"{len(bad)} pages wrong on the destination")
+    subprocess.run(["rm", "-rf", work])
+    return {"total-time": info["total-time"], "downtime": info["downtime"],
+            "postcopy-blocktime": dinfo.get("postcopy-blocktime"),
+            "pages-per-second": pages / took if took > 0 else None,
+            "rss-source": rss[0], "rss-destination": rss[1]}
+
+
 def summary(values):
     if not values:
         return None
@@ -252,30 +408,43 @@ async def run(args):
         results.update(await run_switchover(args))
     if "stall" in args.scenarios:
         results.update(await run_stall(args))
-    if "black-hole" in args.scenarios and os.geteuid() == 0:
-        results.update(await run_black_hole(args))
+    if "nft-drop" in args.scenarios and os.geteuid() == 0:
+        results.update(await run_nft(args))
+    if "bytes" in args.scenarios:
+        results.update(await run_bytes(args))
+    if "overhead" in args.scenarios:
+        results.update(await run_overhead(args))
     return results
+
+
+def detection_rows(ours, ref):
+    """Rows per side for the detection times @ours and @ref (lists of
+    (source, destination), None where not detected)"""
+    rows = {}
+    for who, runs in (("ours", ours), ("7.2", ref)):
+        for i, side in enumerate(("source", "destination")):
+            times = [p[i] for p in runs]
+            if None in times:
+                missed = times.count(None)
+                rows[f"{who}, {side}"] = (
+                    f"never detected: not paused within "
+                    f"{NOT_DETECTED_WAIT:.0f} s in {missed} of "
+                    f"{len(times)} runs")
+            else:
+                rows[f"{who}, {side}"] = summary(times)
+    return rows
 
 
 async def run_detection(args):
     results = {}
     for fault in ("reset", "black-hole"):
-        rows = {}
-        ours = [await detection(args.ours, True, fault)
-                for _ in range(args.reps)] if fault == "black-hole" else []
-        ref = []
-        if fault == "reset":
-            for _ in range(args.reps):
-                ours.append(await detection(args.ours, True, fault))
-                ref.append(await detection(args.ref, False, fault))
-        for i, side in enumerate(("source", "destination")):
-            rows[f"ours, {side}"] = summary([p[i] for p in ours])
-            if ref:
-                rows[f"7.2, {side}"] = summary([p[i] for p in ref])
+        ours, ref = [], []
+        for _ in range(args.reps):
+            ours.append(await detection(args.ours, True, fault))
+            ref.append(await detection(args.ref, False, fault))
+        rows = detection_rows(ours, ref)
         if fault == "black-hole":
             rows["ours, T"] = f"postcopy-link-timeout {LINK_TIMEOUT_MS} ms"
-            rows["7.2"] = "never detected: QEMU 7.2 has no dead-link " \
-                          "detection; recovery needs an operator"
         results[f"detection/{fault}"] = rows
     return results
 
@@ -324,17 +493,89 @@ async def run_stall(args):
     return results
 
 
-async def run_black_hole(args):
-    paused, active = [], []
+async def run_nft(args):
+    """nftables drops every packet between two network namespaces"""
+    ours, ref, active = [], [], []
     for _ in range(args.reps):
-        p, a = await black_hole(args.ours)
-        paused.append(p)
+        paused, a = await nft_drop(args.ours, True)
+        ours.append(paused)
         active.append(a)
-    return {"black-hole": {
-        f"both paused after (T = {LINK_TIMEOUT_MS} ms)": summary(paused),
-        "both active after the link's return": summary(active),
-        "7.2": "the 7.2 destination never detects a black hole; "
-               "recovery needs an operator"}}
+        paused, _ = await nft_drop(args.ref, False)
+        ref.append(paused)
+    rows = detection_rows(ours, ref)
+    rows["ours, T"] = f"postcopy-link-timeout {LINK_TIMEOUT_MS} ms"
+    rows["ours, both active after the link's return"] = summary(active)
+    return {"detection/nft-drop": rows}
+
+
+async def run_bytes(args):
+    results = {}
+    for gib in GUESTS_GIB:
+        ours, ref, stat, left = [], [], [], []
+        for _ in range(args.reps):
+            sent, st, lf = await recovery_bytes(args.ours, True, gib)
+            ours.append(sent)
+            stat.append(st)
+            left.append(lf)
+            sent, _, lf = await recovery_bytes(args.ref, False, gib)
+            ref.append(sent)
+            left.append(lf)
+        results[f"bytes/{gib}GiB"] = {
+            "ours (return path, resume to active)": summary(ours),
+            "7.2 (return path, resume to active)": summary(ref),
+            "ours: bitmap-bytes statistic": summary(stat),
+            "RAM still to send at the failure (%)":
+                summary([100 * v for v in left])}
+    return results
+
+
+def spread(values):
+    """The spread of @values around their median, in percent"""
+    if len(values) < 2 or not statistics.median(values):
+        return "-"
+    return f"{100 * (max(values) - min(values)) / statistics.median(values):.0f} %"
+
+
+async def run_overhead(args):
+    ours, ref = [], []
+    for _ in range(args.reps):
+        ours.append(await no_failure(args.ours))
+        ref.append(await no_failure(args.ref))
+    results = {}
+    for key, name in (("total-time", "overhead/total-time"),
+                      ("downtime", "overhead/downtime"),
+                      ("postcopy-blocktime", "overhead/blocktime"),
+                      ("pages-per-second", "overhead/pages-per-second"),
+                      ("rss-source", "memory/source-rss"),
+                      ("rss-destination", "memory/destination-rss")):
+        o = [r[key] for r in ours if r[key] is not None]
+        r = [r[key] for r in ref if r[key] is not None]
+        results[name] = {"ours": summary(o), "7.2": summary(r),
+                         "noise, (max - min) / median":
+                             f"ours {spread(o)}, 7.2 {spread(r)}"}
+    return results
+
+
+# How each scenario's figures print: unit, scale, digits
+UNITS = {
+    "detection/": ("ms", 1000.0, 1),
+    "bytes/": ("B", 1.0, 0),
+    "overhead/total-time": ("ms", 1.0, 0),
+    "overhead/downtime": ("ms", 1.0, 0),
+    "overhead/blocktime": ("ms", 1.0, 0),
+    "overhead/pages-per-second": ("pages/s", 1.0, 0),
+    "memory/": ("MiB", 1.0 / (1 << 20), 1),
+    "switchover downtime": ("ms", 1000.0, 2),
+}
+
+
+def unit_of(name, measure):
+    if "CPU" in measure:
+        return "%", 100.0, 2
+    if "(%)" in measure:
+        return "%", 1.0, 1
+    return next((u for prefix, u in UNITS.items()
+                 if name.startswith(prefix)), ("s", 1.0, 3))
 
 
 def main():
@@ -343,12 +584,16 @@ def main():
     ap.add_argument("--ref", default=REF)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--scenarios",
-                    default="detection,recovery,switchover,stall,black-hole",
+                    default="detection,nft-drop,recovery,switchover,stall,"
+                            "bytes,overhead",
                     type=lambda v: v.split(","),
-                    help="comma-separated: detection, recovery, switchover, "
-                         "stall, black-hole")
+                    help="comma-separated: detection, nft-drop (root), "
+                         "recovery, switchover, stall, bytes, overhead")
     ap.add_argument("--json", default=os.path.join(TOP, "build",
                                                    "recovery-bench.json"))
+    ap.add_argument("--figure", default=os.path.join(TOP, "build",
+                                                     "recovery-bench.svg"),
+                    help="the figure: SVG, or PNG if it ends in .png")
     args = ap.parse_args()
     t0 = time.monotonic()
     results = asyncio.run(run(args))
@@ -369,20 +614,22 @@ def main():
             if isinstance(s, str):
                 print(f"{name:<24} {measure:<42} {s}")
                 continue
-            cpu = "CPU" in measure
-            if cpu:
-                text = fmt(s, "%", 100.0, 2)
-            elif "downtime" in name:
-                text = fmt(s, "ms", 1000.0, 2)
-            else:
-                text = fmt(s, "s", 1.0, 3)
+            text = fmt(s, *unit_of(name, measure))
             ratio = ""
             if s is ours and isinstance(ref, dict):
-                ratio = f"{ours['median'] / ref['median']:.2f}"
+                ratio = f"{ours['median'] / ref['median']:.3g}"
             print(f"{name:<24} {measure:<42} {text:>28} {ratio:>9}")
     with open(args.json, "w") as f:
         json.dump({"machine": machine, "results": results}, f, indent=1)
-    print(f"(JSON in {args.json}; {time.monotonic() - t0:.0f} s)")
+    try:
+        figure = figures.bench(args.figure, results,
+                               f"{platform.node()}, {os.cpu_count()} cores, "
+                               f"TCG, {args.reps} repetitions")
+    except figures.FigureError as e:
+        print(f"bench: no figure: {e}", file=sys.stderr)
+        return 1
+    print(f"(JSON in {args.json}, figure in {figure}; "
+          f"{time.monotonic() - t0:.0f} s)")
     return 0
 
 

@@ -39,6 +39,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "harness"))
+import figures  # noqa: E402
 from postcopy_harness import (  # noqa: E402
     TREE, MEM_START, MEM_END, QMP_TIMEOUT, DemoError, Timeline, Vm,
     ExecuteError, check_guest_memory, enter_postcopy, free_port,
@@ -79,6 +80,14 @@ async def run(args):
             outcome = await act_unattended(args, tl, work)
         return outcome
     finally:
+        if args.figure and args.panels:
+            try:
+                path = figures.timeline(args.figure, args.panels,
+                                        "Postcopy link failure: migration "
+                                        "states of both sides, and the link")
+                print(f"Timeline figure: {path}")
+            except figures.FigureError as e:
+                print(f"demo: no figure: {e}", file=sys.stderr)
         if args.keep:
             print(f"(kept {work})")
         else:
@@ -129,6 +138,7 @@ async def act_operator(args, tl, work):
         # One full pass of precopy through the bridge, then postcopy,
         # slowed down so that the failure lands in the middle of it.
         tl.log("demo", "migrate through the bridge")
+        t_start = tl.now()
         await enter_postcopy(src, dst, f"tcp:127.0.0.1:{bport}",
                              postcopy_bw=args.postcopy_bw)
         tl.log("dest", "the guest runs here now")
@@ -149,6 +159,9 @@ async def act_operator(args, tl, work):
             print()
             print(f"OUTCOME: VM LOST. The source is '{src.state}' with the "
                   f"guest stopped, the destination {dst.state}.")
+            args.panels.append(("Act one: the bridge is killed; without "
+                                "recovery", t_start, tl.now(),
+                                src.history, dst.history, [(t_fail, None)]))
             print("  Pages not yet migrated existed only on the source; "
                   "the running guest was on the destination.")
             return outcome
@@ -171,6 +184,10 @@ async def act_operator(args, tl, work):
         await src.wait_state(["completed"])
         await dst.wait_state(["completed"])
         tl.mark("completed")
+        args.panels.append(("Act one: the bridge is killed; an operator "
+                            "resumes to the destination's port",
+                            t_start, tl.now() + 0.2, src.history,
+                            dst.history, [(t_fail, t_resume)]))
 
         print()
         print(f"Paused: source {src.paused_time():.3f}s, "
@@ -209,6 +226,7 @@ async def act_unattended(args, tl, work):
         await wait_serial(src.serial)
         tl.log("demo", "guest runs on the source")
         bridge = await start_bridge(tl, bport, dport)
+        t_start = tl.now()
         await enter_postcopy(src, dst, f"tcp:127.0.0.1:{bport}",
                              postcopy_bw=args.postcopy_bw)
         tl.log("dest2", "the guest runs here now")
@@ -239,6 +257,10 @@ async def act_unattended(args, tl, work):
                       **{"max-postcopy-bandwidth": 0})
         for vm in (src, dst):
             await vm.wait_state(["completed"])
+        args.panels.append(("Act two: the bridge is killed, and back "
+                            f"{t_back - t_fail:.1f} s later; nobody types "
+                            "anything", t_start, tl.now() + 0.2,
+                            src.history, dst.history, [(t_fail, t_back)]))
         print()
         print(f"Link down {t_back - t_fail:.3f}s; paused: source "
               f"{src.paused_time():.3f}s, destination "
@@ -280,7 +302,12 @@ def main():
                     help="run act one or two alone (0: both)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (logs, dumps)")
+    ap.add_argument("--figure", default=os.path.join(
+        os.path.dirname(TREE), "demo-timeline.svg"),
+                    help="the timeline figure: SVG, or PNG if it ends in "
+                    ".png ('' for none)")
     args = ap.parse_args()
+    args.panels = []
     if not shutil.which("socat"):
         print("demo: socat is missing (make deps)", file=sys.stderr)
         return 2

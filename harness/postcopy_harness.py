@@ -128,6 +128,8 @@ class Proxy:
         self.host = host
         self.links = []          # (writer, target writer, flowing event)
         self.dropping = []       # per link: directions dropped (see drop)
+        # Bytes forwarded so far, over every connection, per direction
+        self.forwarded = {"to-target": 0, "to-client": 0}
         self.server = None
         self.port = None
 
@@ -166,8 +168,7 @@ class Proxy:
         except asyncio.CancelledError:
             pass
 
-    @staticmethod
-    async def _pump(reader, writer, flowing, dropped, direction):
+    async def _pump(self, reader, writer, flowing, dropped, direction):
         try:
             while True:
                 await flowing.wait()
@@ -180,6 +181,7 @@ class Proxy:
                 await flowing.wait()
                 if direction in dropped:
                     continue
+                self.forwarded[direction] += len(data)
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
@@ -189,9 +191,10 @@ class Proxy:
 
     def break_links(self):
         """Reset every forwarded connection (RST to both peers)."""
-        for a, b, _ in self.links:
+        for a, b, flowing in self.links:
             a.transport.abort()
             b.transport.abort()
+            flowing.set()           # a stalled pump ends too
         self.links = []
         self.dropping = []
 
@@ -475,18 +478,19 @@ async def resume_and_complete(src, dst, uri, dump):
 
 @contextlib.asynccontextmanager
 async def proxied_pair(work, tl, src_bin, dst_bin, tag="", src_extra=(),
-                       dst_extra=()):
+                       dst_extra=(), mem="150M"):
     """A source and a destination QEMU, the guest running on the source,
     and a Proxy to the destination's incoming port: yields (source,
     destination, proxy), and stops them all when done.  @tag tells the
     QEMUs of several pairs apart; @src_extra and @dst_extra are more
-    options of each."""
+    options of each; @mem is the guest's RAM."""
     bootsect = os.path.join(work, "bootsect" + tag)     # one image per pair
     write_bootsect(bootsect)
     dport = free_port()
     dst = Vm("dest" + tag, dst_bin, work, tl,
-             ["-incoming", f"tcp:127.0.0.1:{dport}"] + list(dst_extra))
-    src = Vm("source" + tag, src_bin, work, tl, list(src_extra))
+             ["-incoming", f"tcp:127.0.0.1:{dport}"] + list(dst_extra),
+             mem=mem)
+    src = Vm("source" + tag, src_bin, work, tl, list(src_extra), mem=mem)
     proxy = Proxy(dport)
     try:
         await dst.start(bootsect)

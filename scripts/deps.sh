@@ -15,6 +15,8 @@ PACKAGES=(
     seabios ipxe-qemu qemu-system-data
     # demo and network tests
     socat iproute2 nftables procps
+    # the figures of the demo and the bench (harness/figures.py)
+    gnuplot-nox
     # the test guest (guest/build-guest.sh; its kernel is downloaded, not
     # installed)
     busybox-static cpio
