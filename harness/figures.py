@@ -192,8 +192,9 @@ def bench(path, results, machine):
             lines += ["unset label", "unset logscale y"]
         if stall:
             data, _ = _bars(tmp, "stall.dat", stall, 1.0, 0.0)
-            lines += ["set title 'Guest stall: from the link's return to "
-                      "postcopy-active on both sides (median, min-max)'",
+            lines += ["set title " + _quote("Guest stall: from the link's "
+                                            "return to postcopy-active on "
+                                            "both sides (median, min-max)"),
                       "set yrange [0:*]", "set ylabel 's'",
                       f"plot {_quote(data)} using 2:3:4:xtic(1) title "
                       f"'ours, automatic recovery' lc rgb '{OURS}', "

@@ -416,14 +416,14 @@ async def states(vms, goal, bad=("failed", "completed"),
 
 
 async def enter_postcopy(src, dst, uri, caps=(), params=None,
-                         postcopy_bw=1 << 20):
+                         postcopy_bw=1 << 20, precopy_bw=30000000):
     """Migrate @src to @dst at @uri until the guest runs on @dst.
 
     Enables postcopy-ram and @caps on both sides, sets @params on both,
-    lets precopy make one full pass without converging, switches to
-    postcopy at @postcopy_bw bytes/s (so that it does not end before the
-    test breaks something), and waits until the guest runs on @dst:
-    before that, a failure is not postcopy's.
+    lets precopy make one full pass at @precopy_bw bytes/s without
+    converging, switches to postcopy at @postcopy_bw bytes/s (so that it
+    does not end before the test breaks something), and waits until the
+    guest runs on @dst: before that, a failure is not postcopy's.
     """
     capabilities = [{"capability": c, "state": True}
                     for c in ("postcopy-ram",) + tuple(caps)]
@@ -432,7 +432,7 @@ async def enter_postcopy(src, dst, uri, caps=(), params=None,
         if params:
             await vm.cmd("migrate-set-parameters", **params)
     await src.cmd("migrate-set-parameters",
-                  **{"max-bandwidth": 30000000, "downtime-limit": 1,
+                  **{"max-bandwidth": precopy_bw, "downtime-limit": 1,
                      "max-postcopy-bandwidth": postcopy_bw})
     await src.cmd("migrate", uri=uri)
     await src.wait_state(["active"])
