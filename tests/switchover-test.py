@@ -136,22 +136,30 @@ class CutProxy:
             pass                  # the proxy closes
 
     def _position(self, buf):
-        """Where to cut in @buf, the stream since arming; None if unknown"""
+        """Where to cut in @buf, the stream since arming, and how much of
+        it may go out meanwhile: (None, that) while the position is
+        unknown"""
         anchor, offset, _ = self.armed
+        hold = len(buf) - self.HOLD
         pkg = buf.find(PACKAGED)
         if pkg < 0:
-            return None
+            return None, hold
         self.package_seen = True
         if anchor == "package":
-            return pkg + offset
+            return pkg + offset, None
         if len(buf) < pkg + PACKAGED_LEN:
-            return None
+            return None, hold
         length = struct.unpack(">I", buf[pkg + 5:pkg + 9])[0]
         end = pkg + PACKAGED_LEN + length
         if anchor == "package-end":
-            return end + offset
+            return end + offset, None
         run = buf.find(RUN, end)
-        return None if run < 0 else run + offset
+        if run >= 0:
+            return run + offset, None
+        # The go-ahead comes after LOADED, which needs the whole package:
+        # hold back only what may be the start of the go-ahead
+        return None, max(hold, min(end, len(buf)),
+                         len(buf) - (len(RUN) - 1))
 
     @staticmethod
     async def _read(reader, link):
@@ -174,9 +182,9 @@ class CutProxy:
                     await writer.drain()
                     continue
                 buf += data
-                pos = self._position(buf)
-                limit = len(buf) - self.HOLD if pos is None else \
-                    min(pos, len(buf))
+                pos, limit = self._position(buf)
+                if pos is not None:
+                    limit = min(pos, len(buf))
                 if limit > sent:
                     writer.write(buf[sent:limit])
                     await writer.drain()
@@ -465,8 +473,11 @@ def sweep(dst_bin, tag):
         # The package whole: ours waits for the go-ahead; 7.2 may run the
         # guest, or fail while it loads the devices (not covered)
         ("package-end", 0, "source" if ours else None),
-        ("package-end", PING_LEN, "source" if ours else None),
     ]
+    if not ours:
+        # After the next message (ours sends no page before the go-ahead,
+        # which may come right after the package)
+        points.append(("package-end", PING_LEN, None))
     if ours:
         # The go-ahead: not sent, cut inside, whole
         points += [("run", 0, "recovery"), ("run", 1, "recovery"),
