@@ -13,8 +13,10 @@
 #   make reference  build the reference (unmodified Debian 7.2) QEMU for
 #                   the interop tests
 #   make guest    build the test guest (Debian's kernel, busybox, memcheck)
-#   make bench    measure the guest stall after link failures, ours next
-#                 to the reference QEMU 7.2 (QUICK=1: one repetition)
+#   make bench    measure detection, recovery, stall, switchover downtime,
+#                 recovery bytes and no-failure overhead, ours next to the
+#                 reference QEMU 7.2; table, JSON and figure in build/
+#                 (QUICK=1: one repetition)
 #   make demo-libvirt  libvirt resumes a postcopy migration between two
 #                 libvirt hosts on this machine (root)
 
