@@ -173,12 +173,14 @@ class Proxy:
             while True:
                 await flowing.wait()
                 data = await reader.read(65536)
+                # What was read while the link stalled, even the end of
+                # the connection, waits until the link flows or breaks
+                await flowing.wait()
                 if not data and direction in dropped:
                     # The close is lost too: the link only goes silent
                     await asyncio.Event().wait()
                 if not data:
                     break
-                await flowing.wait()
                 if direction in dropped:
                     continue
                 self.forwarded[direction] += len(data)
@@ -531,8 +533,11 @@ def run_tap(cases, verbose, prefix="", need=(), skip=()):
     failed = 0
     for i, (name, fn, *params) in enumerate(cases, 1):
         tl = Timeline()
+        record = []
         if not verbose:
-            tl.log = lambda who, what: None
+            # Kept quiet, told if the case fails
+            tl.log = lambda who, what: record.append(
+                f"[{tl.now():7.2f}s] {who:<6} {what}")
         work = tempfile.mkdtemp(prefix="postcopy-test-")
         ok = True
         try:
@@ -556,5 +561,21 @@ def run_tap(cases, verbose, prefix="", need=(), skip=()):
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"# logs kept in {work}", flush=True)
+            print_failure(work, record)
     return 1 if failed else 0
+
+
+def print_failure(work, record, tail=12):
+    """As TAP comments: what happened in a failed case, and the end of
+    each log it left in @work."""
+    for line in record:
+        print(f"#   {line}")
+    for name in sorted(os.listdir(work)):
+        if not name.endswith(".log"):
+            continue
+        with open(os.path.join(work, name), errors="replace") as f:
+            lines = f.read().splitlines()[-tail:]
+        print(f"# {name}, last {len(lines)} lines:")
+        for line in lines:
+            print(f"#   {line}")
+    print(f"# logs kept in {work}", flush=True)

@@ -54,7 +54,10 @@ def suites(build):
          1500),
     ]
 
-TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(SKIP|TODO)\s*(.*))?")
+# Comment lines shown after a failed case (its timeline and log tails)
+FAILURE_LINES = 80
+
+TAP_RE = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s*#\s*(.*))?")
 
 
 def run_suite(name, cmd, limit, verbose, only, qemu):
@@ -74,6 +77,7 @@ def run_suite(name, cmd, limit, verbose, only, qemu):
                                 text=True, errors="replace",
                                 start_new_session=True)
         timed_out = False
+        telling = 0
         try:
             deadline = start + limit
             for line in proc.stdout:
@@ -81,15 +85,30 @@ def run_suite(name, cmd, limit, verbose, only, qemu):
                 if verbose:
                     sys.stdout.write("    " + line)
                 m = TAP_RE.match(line)
+                if not verbose and line.startswith(("ERROR:", "Bail out!")):
+                    # A GLib test's failed assertion
+                    print("    " + line.rstrip(), flush=True)
+                if telling and not m and line.startswith("#"):
+                    # What a script case says about its failure
+                    telling -= 1
+                    print("    " + line.rstrip(), flush=True)
+                    continue
+                telling = 0
                 if m:
-                    status, path, directive, reason = m.groups()
-                    if directive == "SKIP":
-                        results.append(("skip", path, reason.strip()))
-                        print(f"  SKIP {path}: {reason.strip()}", flush=True)
+                    status, path, comment = m.groups()
+                    comment = (comment or "").strip()
+                    if comment.startswith("SKIP"):
+                        reason = comment[4:].strip()
+                        results.append(("skip", path, reason))
+                        print(f"  SKIP {path}: {reason}", flush=True)
                     else:
                         res = "pass" if status == "ok" else "fail"
-                        results.append((res, path, ""))
-                        print(f"  {res.upper()} {path}", flush=True)
+                        why = comment if res == "fail" else ""
+                        results.append((res, path, why))
+                        print(f"  {res.upper()} {path}" +
+                              (f": {why}" if why else ""), flush=True)
+                        if res == "fail" and not verbose:
+                            telling = FAILURE_LINES
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
@@ -154,8 +173,8 @@ def main():
             print(f"  {path}: {reason}")
     if failed:
         print("failed:")
-        for _, path, _ in failed:
-            print(f"  {path}")
+        for _, path, why in failed:
+            print(f"  {path}" + (f": {why}" if why else ""))
     print(f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped")
     return 1 if failed else 0
 
