@@ -25,7 +25,9 @@ running (7.2 failing while it loads the devices), never two.  Two more
 cases between QEMUs of ours: the
 destination fails to load the device state (a device the source has and
 the destination lacks), and the destination is killed while the package
-is on its way: the guest resumes on the source.  Prints TAP.
+is on its way: the guest resumes on the source.  And one case checks
+that migrate-pause is refused on both sides while they wait in the
+switchover.  Prints TAP.
 """
 
 import asyncio
@@ -40,8 +42,8 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "harness"))
 from postcopy_harness import (  # noqa: E402
     MEM_END, MEM_START, QMP_TIMEOUT, STATE_TIMEOUT, check_guest_memory,
-    complete_and_check, DemoError, free_port, run_tap, states,
-    test_options, Vm, wait_serial, write_bootsect)
+    complete_and_check, DemoError, ExecuteError, free_port, run_tap,
+    states, test_options, Vm, wait_serial, write_bootsect)
 from qemu.qmp import ExecInterruptedError, StateError  # noqa: E402
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
@@ -64,6 +66,10 @@ TAIL_CMD_LEN = 5
 
 LINK_TIMEOUT_MS = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Long enough for the commands sent in the switchover's wait
+PAUSE_LINK_TIMEOUT_MS = 3000
+PAUSE_REFUSED = "migrate-pause is not allowed until the destination may " \
+                "run the guest: the postcopy switchover is '"
 ABORTED = "Postcopy switchover failed before the destination could run " \
           "the guest, which runs on the source again"
 
@@ -263,7 +269,8 @@ async def cut_pair(work, tl, src_bin, dst_bin, src_extra=(), dst_extra=()):
             await vm.stop()
 
 
-async def start_postcopy(src, dst, proxy, ours_dst):
+async def start_postcopy(src, dst, proxy, ours_dst,
+                         link_timeout=LINK_TIMEOUT_MS):
     """Migrate through @proxy, then switch to postcopy: the package goes
     out after the command, with the proxy armed"""
     caps = [{"capability": "postcopy-ram", "state": True}]
@@ -271,7 +278,7 @@ async def start_postcopy(src, dst, proxy, ours_dst):
         await vm.cmd("migrate-set-capabilities", capabilities=caps)
     for vm in (src, dst) if ours_dst else (src,):
         await vm.cmd("migrate-set-parameters",
-                     **{"postcopy-link-timeout": LINK_TIMEOUT_MS})
+                     **{"postcopy-link-timeout": link_timeout})
     await src.cmd("migrate-set-parameters",
                   **{"max-bandwidth": 30000000, "downtime-limit": 1,
                      "max-postcopy-bandwidth": 1 << 20})
@@ -454,6 +461,40 @@ async def dest_killed_case(work, tl):
         return f"source kept the guest, {pages} pages verified"
 
 
+async def pause_refused_case(work, tl):
+    """The package arrived whole but LOADED is lost (the link went silent):
+    both sides wait in the switchover, where migrate-pause is refused on
+    both; the source's link watchdog then aborts the switchover, and the
+    guest resumes on the source"""
+    async with cut_pair(work, tl, OURS, OURS) as (src, dst, proxy):
+        proxy.arm("package-end", 0, "silent")
+        await start_postcopy(src, dst, proxy, True,
+                             link_timeout=PAUSE_LINK_TIMEOUT_MS)
+        await asyncio.wait_for(proxy.cut.wait(), STATE_TIMEOUT)
+        for vm in (src, dst):
+            try:
+                # Out-of-band: how management software sends it
+                await vm.cmd("migrate-pause", oob=True)
+            except ExecuteError as e:
+                if not str(e).startswith(PAUSE_REFUSED):
+                    raise DemoError(f"{vm.name}: migrate-pause: {e}") \
+                        from None
+            else:
+                raise DemoError(f"{vm.name}: migrate-pause accepted during "
+                                f"the switchover")
+            st = (await vm.cmd("query-migrate"))["status"]
+            if st != "postcopy-active":
+                raise DemoError(f"{vm.name}: '{st}' after the refusal")
+        if await src.wait_state(["failed", "postcopy-paused"]) != "failed":
+            raise DemoError(f"source: {src.state}")
+        pages = await check_source_kept(src, dst, os.path.join(work, "mem"))
+        desc = (await src.cmd("query-migrate"))["error-desc"]
+        if "Postcopy link dead" not in desc:
+            raise DemoError(f"source error-desc: {desc!r}")
+        return f"refused on both sides, source kept the guest, {pages} " \
+               f"pages verified"
+
+
 def sweep(dst_bin, tag):
     """The cut points, each with its expected outcome (None: either)"""
     ours = dst_bin == OURS
@@ -503,6 +544,7 @@ def main():
     cases = sweep(OURS, "ours") + [
         ("/switchover/ours/load-failure", load_failure_case),
         ("/switchover/ours/dest-killed", dest_killed_case),
+        ("/switchover/ours/pause-refused", pause_refused_case),
     ] + sweep(REF, "7.2")
     return run_tap(cases, args.verbose, args.prefix, need=(OURS, REF))
 
