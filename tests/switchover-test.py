@@ -131,8 +131,7 @@ class CutProxy:
             writer.transport.abort()
             return
         link = {"ends": (writer, twriter), "silent": False,
-                "target_lost": False, "main": not self.links,
-                "held": False}
+                "target_lost": False, "main": not self.links}
         self.links.append(link)
         try:
             await asyncio.gather(self._forward(reader, twriter, link),
