@@ -113,6 +113,43 @@ def check_guest_memory(path):
     return pages, bad
 
 
+class QMPSession(QMPClient):
+    """QEMU's QMP client, keeping events that come before the session is up.
+
+    QEMU 7.2's monitor (ours has the same) sends events to a client that has
+    not had its greeting yet.  monitor_qapi_event_emit() leaves out only
+    clients in capabilities negotiation, which a client enters with its
+    greeting (monitor_qmp_event(), CHR_EVENT_OPENED, in the monitor's I/O
+    thread); but the socket chardev takes writes from the moment it marked
+    the client connected (tcp_chr_connect()), a moment before.  An event
+    of the main thread in between goes out first: a QEMU started with
+    -incoming emits MIGRATION "setup" while its monitor accepts the
+    harness's connection, and on a loaded machine that event came first.
+    Events between the greeting and the answer to qmp_capabilities are
+    kept the same way.  They are delivered once the session is up."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self._early = None           # events kept while setting up
+
+    async def _establish_session(self):
+        self._early = []
+        try:
+            await super()._establish_session()
+        finally:
+            early, self._early = self._early, None
+        for msg in early:
+            await self._event_dispatch(msg)
+
+    async def _recv(self):
+        while True:
+            msg = await super()._recv()
+            if self._early is None or "event" not in msg:
+                return msg
+            self.logger.debug("event before the session: %s", msg["event"])
+            self._early.append(msg)
+
+
 class Proxy:
     """Forward 127.0.0.1:port to host:target; break, stall or drop links.
 
@@ -132,6 +169,10 @@ class Proxy:
         self.forwarded = {"to-target": 0, "to-client": 0}
         self.server = None
         self.port = None
+        # If set, awaited with each accepted connection's number (from 0)
+        # before it is connected to the target
+        self.before_connect = None
+        self.accepted = 0
 
     async def start(self):
         """Listen on self.port, or on an ephemeral port the first time."""
@@ -150,6 +191,10 @@ class Proxy:
             await self.start()
 
     async def _accept(self, reader, writer):
+        n = self.accepted
+        self.accepted += 1
+        if self.before_connect:
+            await self.before_connect(n)
         try:
             treader, twriter = await asyncio.open_connection(self.host,
                                                              self.target)
@@ -234,7 +279,7 @@ class Vm:
         self.serial = os.path.join(workdir, name + ".serial")
         self.log_path = os.path.join(workdir, name + ".log")
         self.proc = None
-        self.qmp = QMPClient(name)
+        self.qmp = QMPSession(name)
         self.state = "none"
         self.history = []            # (time, state)
         self.changed = asyncio.Condition()
@@ -243,11 +288,9 @@ class Vm:
 
     async def start(self, bootsect=None):
         """Start QEMU, booting @bootsect if given (else as @extra says)."""
-        # QEMU 7.2 sends events to a QMP client that connected before the
-        # monitor sent its greeting (monitor_qapi_event_emit() skips only
-        # monitors in capabilities negotiation, which starts with the
-        # greeting): the RESUME of a guest starting as the client connects
-        # would come first.  So the guest starts only once QMP is set up.
+        # The guest starts only once QMP is set up, so that its RESUME is
+        # in the timeline (QMPSession keeps events from before the session;
+        # a client connecting later would miss them).
         incoming = "-incoming" in self.extra
         args = self.wrapper + [
             self.qemu, "-name", f"{self.name},debug-threads=on", "-machine", "pc",

@@ -37,7 +37,8 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "harness"))
 from postcopy_harness import (  # noqa: E402
-    QMP_TIMEOUT, STATE_TIMEOUT, complete_and_check, DemoError, enter_postcopy,
+    MEM_END, QMP_TIMEOUT, STATE_TIMEOUT, complete_and_check, DemoError,
+    enter_postcopy,
     free_port, proxied_pair, resume_and_complete, run_tap, states,
     test_options, Vm)
 
@@ -458,6 +459,100 @@ async def late_preempt_channel(work, pairs):
     return f"late preempt channel closed; {pages} pages verified"
 
 
+async def cancel_paused(work, pairs):
+    """Cancel a paused migration: its threads are joined (the source logs
+    each join), and the source migrates again to a new destination."""
+    (src, dst, proxy), = pairs
+    proxy.break_links()
+    await states([src, dst], "postcopy-paused")
+    await src.cmd("migrate_cancel")
+    await states([src], "cancelled", bad=("failed", "completed"))
+    # The cleanup joins the threads before it says cancelled
+    for thread in ("migration", "return path"):
+        if not log_has(src, f"migrate_fd_cleanup_joined {thread}\n"):
+            raise DemoError(f"the source did not join its {thread} thread")
+    # The destination alone may have run the guest since: it goes first
+    await dst.stop()
+    await src.cmd("cont")
+    uri = f"tcp:127.0.0.1:{free_port()}"
+    dst2 = Vm("dest2", dst.qemu, work, src.tl, ["-incoming", uri])
+    try:
+        await dst2.start(os.path.join(work, "bootsect"))
+        await enter_postcopy(src, dst2, uri)
+        pages = await complete_and_check(src, dst2,
+                                         os.path.join(work, "dest2-memory"))
+    finally:
+        await dst2.stop()
+    return f"both threads joined; migrated anew, {pages} pages verified"
+
+
+def stranger_pages(block, first, count, byte):
+    """@count pages of @byte at @first onwards of @block, in the format of
+    postcopy's pages on the main and preempt channels (RAM_SAVE_FLAG_PAGE,
+    the block named on the first one only)"""
+    page, flag_page, flag_continue = 4096, 0x08, 0x20
+    out = b""
+    for i in range(count):
+        if i == 0:
+            out += struct.pack(">QB", (first + i * page) | flag_page,
+                               len(block)) + block
+        else:
+            out += struct.pack(">Q", (first + i * page) | flag_page |
+                               flag_continue)
+        out += bytes([byte]) * page
+    return out
+
+
+async def preempt_stranger(work, pairs):
+    """A stranger connects to the paused destination just before the real
+    source's preempt channel, and sends guest pages on it: none of them
+    may reach the guest."""
+    (src, dst, proxy), = pairs
+    proxy.break_links()
+    await states([src, dst], "postcopy-paused")
+
+    # Near the end of what the guest writes: still on the source
+    pages = stranger_pages(b"pc.ram", (MEM_END & ~0xfff) - 24 * 4096, 24,
+                           0x41)
+    strangers = []
+
+    async def stranger_first(n):
+        # The main channel of the resume is number 0, its preempt 1
+        if n == 1:
+            reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                           proxy.target)
+            writer.write(pages)
+            await writer.drain()
+            strangers.append(writer)
+
+    start = len(dst.history)
+    proxy.accepted = 0
+    proxy.before_connect = stranger_first
+    await src.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}", resume=True)
+    await dst.wait_sequence(start, ["postcopy-recover", "postcopy-paused"])
+    proxy.before_connect = None
+    for writer in strangers:
+        writer.transport.abort()
+    if not strangers:
+        raise DemoError("the stranger did not get to connect")
+    if not log_has(dst, "refused a preempt channel"):
+        raise DemoError("the destination did not say it refused the "
+                        "stranger's channel")
+    await states([src], "postcopy-paused")
+
+    dump = os.path.join(work, "dest-memory")
+    checked = await resume_and_complete(src, dst,
+                                        f"tcp:127.0.0.1:{proxy.port}", dump)
+    with open(dump, "rb") as f:
+        data = f.read()
+    stranger = bytes([0x41]) * 4096
+    placed = sum(data[i:i + 4096] == stranger
+                 for i in range(0, len(data), 4096))
+    if placed:
+        raise DemoError(f"{placed} of the stranger's pages are in the guest")
+    return f"the stranger's channel refused; {checked} pages verified"
+
+
 def command(cmd, payload=b""):
     """A QEMU_VM_COMMAND of the main channel"""
     return struct.pack(">BHH", 8, cmd, len(payload)) + payload
@@ -539,6 +634,12 @@ def main():
         # Our source, migrating to 7.2, takes no encoded bitmap
         ("/wire/fake-destination/rle-unannounced", with_pairs, ref, ("",),
          fake_destination_unannounced, ours),
+        # Not interop: a stranger's preempt channel during a recovery
+        ("/identity/preempt-stranger", with_pairs, ours, ("",),
+         preempt_stranger, None, ("postcopy-preempt",)),
+        # Not interop: a paused migration cancelled, then migrated anew
+        ("/lifecycle/cancel-paused", with_pairs, ours, ("",), cancel_paused,
+         None, (), ("-trace", "migrate_fd_cleanup_joined")),
         # A fake source tries to recover a 7.2 source's migration to ours
         ("/wire/fake-source", with_pairs, ours, ("",), fake_source, ref),
     ]

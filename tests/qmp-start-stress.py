@@ -8,6 +8,14 @@ the reference QEMU 7.2, each with -incoming and without.  Meanwhile as
 many busy processes as there are CPUs load the machine, as other work did
 when the harness once read an event where the QMP greeting should be.
 
+--widen-ms N makes the race that this once lost certain: a preloaded shim
+sleeps N ms in each QEMU's monitor I/O thread between the moment the QMP
+chardev marks the client connected and the greeting (the first
+g_source_set_name() of the chardev's watch, in tcp_chr_connect()), while
+the main thread goes on, e.g. to the MIGRATION event of -incoming.
+--plain-client uses QEMU's QMPClient instead of the harness's QMPSession,
+to see what happened before the harness kept such events.
+
 Prints, per kind, the starts and the failures with their first lines, and
 exits non-zero on any failure.  Not part of make check: it takes minutes.
 """
@@ -17,17 +25,56 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "harness"))
+import postcopy_harness  # noqa: E402
 from postcopy_harness import (  # noqa: E402
     Timeline, Vm, free_port, write_bootsect)
 
 OURS = os.path.join(TOP, "build/qemu/build/qemu-system-x86_64")
 REF = os.path.join(TOP, "build/ref/build/qemu-system-x86_64")
+
+
+WIDEN_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct _GSource GSource;
+
+void g_source_set_name(GSource *source, const char *name)
+{
+    static void (*real)(GSource *, const char *);
+    static int slept;
+
+    if (!real) {
+        real = (void (*)(GSource *, const char *))
+               dlsym(RTLD_NEXT, "g_source_set_name");
+    }
+    if (!slept && name && !strcmp(name, "chardev-iowatch-qmp")) {
+        slept = 1;
+        usleep(atoi(getenv("QMP_WIDEN_MS")) * 1000);
+    }
+    real(source, name);
+}
+"""
+
+
+def build_shim(work):
+    src = os.path.join(work, "widen.c")
+    lib = os.path.join(work, "widen.so")
+    with open(src, "w") as f:
+        f.write(WIDEN_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", lib, src, "-ldl"],
+                   check=True)
+    return lib
 
 
 def burn():
@@ -46,9 +93,9 @@ class FirstMessage(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def one_start(binary, incoming, work, log):
+async def one_start(binary, incoming, work, log, wrapper):
     extra = ["-incoming", f"tcp:127.0.0.1:{free_port()}"] if incoming else []
-    vm = Vm("vm", binary, work, Timeline(), extra)
+    vm = Vm("vm", binary, work, Timeline(), extra, wrapper=wrapper)
     bootsect = os.path.join(work, "bootsect")
     log.lines.clear()
     try:
@@ -57,7 +104,8 @@ async def one_start(binary, incoming, work, log):
         await vm.cmd("query-status")
         return None
     except Exception as e:     # noqa: B902: every failure is a result here
-        got = [line for line in log.lines if "<--" in line or "recv" in line]
+        got = [" ".join(line.split()) for line in log.lines
+               if "<--" in line or "recv" in line]
         return f"{type(e).__name__}: {e}; received: {got[:2]}"
     finally:
         await vm.stop()
@@ -71,14 +119,21 @@ async def run(args):
     qmp_log.propagate = False
     kinds = [("ours", args.ours), ("7.2", args.ref)]
     failed = 0
+    if args.plain_client:
+        postcopy_harness.QMPSession = postcopy_harness.QMPClient
     with tempfile.TemporaryDirectory(prefix="qmp-start-") as work:
+        wrapper = []
+        if args.widen_ms:
+            wrapper = ["env", f"LD_PRELOAD={build_shim(work)}",
+                       f"QMP_WIDEN_MS={args.widen_ms}"]
         for name, binary in kinds:
             for incoming in (False, True):
                 label = f"{name} {'-incoming' if incoming else '-S'}"
                 t0 = time.monotonic()
                 errors = []
                 for _ in range(args.starts):
-                    err = await one_start(binary, incoming, work, log)
+                    err = await one_start(binary, incoming, work, log,
+                                          wrapper)
                     if err:
                         errors.append(err)
                 took = time.monotonic() - t0
@@ -98,6 +153,10 @@ def main():
                     help="starts of each kind (default 200)")
     ap.add_argument("--load", type=int, default=os.cpu_count(),
                     help="busy processes meanwhile (default: one per CPU)")
+    ap.add_argument("--widen-ms", type=int, default=0,
+                    help="widen the window before the greeting (see above)")
+    ap.add_argument("--plain-client", action="store_true",
+                    help="QEMU's QMPClient, not the harness's QMPSession")
     args = ap.parse_args()
     burners = [multiprocessing.Process(target=burn, daemon=True)
                for _ in range(args.load)]
