@@ -332,8 +332,9 @@ async def frozen_oob_pause(work, tl, src_bin, dst_bin):
     handshake never wakes its migration thread.  So this ends with the
     destination paused and ready, not with a recovery."""
     with Namespaces() as ns:
-        sh("ip", "netns", "exec", NS_DST, "sysctl", "-q", "-w",
-           "net.ipv4.tcp_wmem=4096 4096 4096")
+        # /proc/sys/net is the writer's network namespace's
+        sh("ip", "netns", "exec", NS_DST, "sh", "-c",
+           "echo 4096 4096 4096 > /proc/sys/net/ipv4/tcp_wmem")
         async with netns_pair(ns, work, tl, src_bin, dst_bin,
                               mem="4G") as pair:
             src, dst, uri = pair
