@@ -11,7 +11,7 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 BUILD_DIR=${BUILD_DIR:-$TREE/build}
-read -r -a TARGETS <<< "${TARGETS:-qemu-system-x86_64 tests/qtest/migration-test tests/qtest/qmp-test tests/unit/test-bitmap-rle}"
+read -r -a TARGETS <<< "${TARGETS:-qemu-system-x86_64 tests/qtest/migration-test tests/qtest/qmp-test tests/qtest/test-hmp tests/unit/test-bitmap-rle}"
 
 [ -f "$TREE/configure" ] || { echo "build: no tree in $TREE; run make tree" >&2; exit 1; }
 

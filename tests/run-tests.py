@@ -29,6 +29,11 @@ def suites(build):
         ("qmp-test",
          [os.path.join(build, "tests/qtest/qmp-test"), "--tap", "-k"],
          300),
+        # Only the series' case: the others boot every machine type
+        ("hmp-test",
+         [os.path.join(build, "tests/qtest/test-hmp"), "--tap", "-k",
+          "-p", "/x86_64/hmp/options-any-order"],
+         120),
         ("bitmap-rle-test",
          [os.path.join(build, "tests/unit/test-bitmap-rle"), "--tap", "-k"],
          60),
