@@ -12,7 +12,9 @@ FORCE=1 "$top/scripts/make-tree.sh"
 
 fail=0
 for p in "$BASE_PATCH_DIR"/0001-*.patch $(series_files); do
-    if out=$(perl "$TREE/scripts/checkpatch.pl" -q "$p" 2>&1); then
+    # A warning fails too: checkpatch exits 0 on warnings alone
+    if out=$(perl "$TREE/scripts/checkpatch.pl" -q "$p" 2>&1) &&
+       ! grep -q '^WARNING' <<< "$out"; then
         echo "verify: checkpatch ok: $(basename "$p")"
     else
         echo "verify: checkpatch FAILED: $(basename "$p")"
